@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
+from common.errors import PelaBenchError
+
 
 @dataclass(frozen=True)
 class BackboneInfo:
@@ -40,9 +42,32 @@ class Backbone(nn.Module):
         super().__init__()
         self.model = model
         self.info = info
+        # Created by `attach_pyramid` for dense tasks only, so classification models
+        # (and their parameter counts) never carry it.
+        self.pyramid_neck: nn.Module | None = None
 
     # -- what subclasses provide -------------------------------------------------
     def blocks(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def _pyramid_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Four NCHW maps straight from the network, before the neck."""
+        raise NotImplementedError
+
+    def _make_pyramid_neck(self) -> nn.Module:
+        raise NotImplementedError
+
+    def _accept_any_input_size(self) -> None:
+        """Let the network take the dense tasks' crops and padded batches of any size."""
+        raise NotImplementedError
+
+    @property
+    def pyramid_strides(self) -> tuple[int, ...]:
+        """Strides of the four `forward_pyramid` maps (4/8/16/32 for the paper's backbones)."""
+        raise NotImplementedError
+
+    @property
+    def pyramid_channels(self) -> tuple[int, ...]:
         raise NotImplementedError
 
     # -- the contract --------------------------------------------------------------
@@ -86,6 +111,26 @@ class Backbone(nn.Module):
             for h in handles:
                 h.remove()
         return logits, outputs
+
+    # -- dense prediction ------------------------------------------------------------
+    def attach_pyramid(self) -> "Backbone":
+        """Make this backbone dense-ready, in place: any input size, plus its family's neck.
+
+        The neck is new and trainable; the classifier stays (callers that count a
+        dense model's parameters drop it with `reset_classifier(0)`).
+        """
+        if self.pyramid_neck is None:
+            self._accept_any_input_size()
+            neck = self._make_pyramid_neck()
+            ref = next(self.model.parameters(), None)
+            self.pyramid_neck = neck.to(ref.device) if ref is not None else neck
+        return self
+
+    def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Four NCHW feature maps at `pyramid_strides` with `pyramid_channels` channels."""
+        if self.pyramid_neck is None:
+            raise PelaBenchError(f"{self.info.name}: forward_pyramid needs attach_pyramid() first (dense tasks call it)")
+        return list(self.pyramid_neck(self._pyramid_features(x)))
 
     def reset_classifier(self, num_classes: int) -> None:
         self.model.reset_classifier(num_classes)

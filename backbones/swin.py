@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import timm
-from torch import nn
+import torch
 from timm.models.swin_transformer import SwinTransformer
+from torch import nn
 
 from backbones.base import Backbone, BackboneInfo
+from backbones.neck import StageNorms
 from backbones.registry import register_backbone
 from common.errors import PelaBenchError
 
@@ -18,6 +20,37 @@ _SWIN_OMIT = ("head*", "patch_embed*", "norm", "downsample*", "attn.proj")
 class SwinBackbone(Backbone):
     def blocks(self) -> list[nn.Module]:
         return [blk for stage in self.model.layers for blk in stage.blocks]
+
+    @property
+    def pyramid_strides(self) -> tuple[int, ...]:
+        p = int(self.model.patch_embed.patch_size[0])
+        return tuple(p * 2**i for i in range(len(self.model.layers)))
+
+    @property
+    def pyramid_channels(self) -> tuple[int, ...]:
+        return self.info.embed_dims
+
+    def _pyramid_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.model.forward_intermediates(x, output_fmt="NCHW", intermediates_only=True)
+
+    def _make_pyramid_neck(self) -> nn.Module:
+        return StageNorms(self.info.embed_dims)
+
+    def _accept_any_input_size(self) -> None:
+        # As the dense Swin configs do: windows keep their trained size at every input
+        # size (padded where the map is smaller or not a multiple), the shifted
+        # windows stay on, and attention masks are built for each input's shape.
+        m = self.model
+        m.patch_embed.strict_img_size = False
+        m.dynamic_img_size = True
+        for stage in m.layers:
+            for blk in stage.blocks:
+                blk.always_partition = True
+                blk.dynamic_mask = True
+                # attn.window_size is the trained window (its position-bias table's size)
+                blk.window_size, blk.shift_size = blk._calc_window_shift(blk.attn.window_size, blk.target_shift_size)
+                blk.window_area = blk.window_size[0] * blk.window_size[1]
+                blk.attn_mask = None
 
 
 def _info(name: str, model: SwinTransformer, hub_name: str | None, paper_ratio: float) -> BackboneInfo:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import timm
-from torch import nn
+import torch
+from timm.layers import Format
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 from backbones.base import Backbone, BackboneInfo
+from backbones.neck import MultiLevelNeck
 from backbones.registry import register_backbone
 from common.errors import PelaBenchError
 
@@ -14,9 +17,55 @@ from common.errors import PelaBenchError
 _VIT_OMIT = ("head", "patch_embed*", "norm")
 
 
+# Dense heads read blocks 4, 6, 8 and 12 of 12 (mmseg's DeiT + UperNet): the same
+# fractions of depth for deeper or depth-halved students.
+_PYRAMID_FRACTIONS = (4 / 12, 6 / 12, 8 / 12, 12 / 12)
+
+
+def pyramid_block_indices(depth: int) -> tuple[int, ...]:
+    """0-based blocks feeding the pyramid: (3, 5, 7, 11) for 12 blocks, (7, 11, 15, 23) for 24."""
+    return tuple(max(1, round(depth * f)) - 1 for f in _PYRAMID_FRACTIONS)
+
+
 class ViTBackbone(Backbone):
     def blocks(self) -> list[nn.Module]:
         return list(self.model.blocks)
+
+    @property
+    def _patch(self) -> int:
+        return int(self.model.patch_embed.patch_size[0])
+
+    @property
+    def pyramid_strides(self) -> tuple[int, ...]:
+        p = self._patch  # the neck's scales 4, 2, 1, 1/2
+        return (max(1, p // 4), max(1, p // 2), p, 2 * p)
+
+    @property
+    def pyramid_channels(self) -> tuple[int, ...]:
+        return (self.model.embed_dim,) * 4
+
+    def _pyramid_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        wanted = pyramid_block_indices(len(self.model.blocks))
+        unique = sorted(set(wanted))  # a shallow student may feed two levels from one block
+        maps = self.model.forward_intermediates(x, indices=unique, output_fmt="NCHW", intermediates_only=True)
+        by_block = dict(zip(unique, maps))
+        return [by_block[i] for i in wanted]
+
+    def _make_pyramid_neck(self) -> nn.Module:
+        dim = self.model.embed_dim
+        return MultiLevelNeck(dim, dim)
+
+    def _accept_any_input_size(self) -> None:
+        # timm's dynamic-size mode, switched on after construction: the position
+        # embedding is resampled to each input's patch grid, and inputs that are not
+        # a multiple of the patch are padded.
+        m = self.model
+        m.dynamic_img_size = True
+        pe = m.patch_embed
+        pe.strict_img_size = False
+        pe.dynamic_img_pad = True
+        pe.flatten = False
+        pe.output_fmt = Format.NHWC
 
 
 def _info(name: str, model: VisionTransformer, hub_name: str | None, paper_ratio: float) -> BackboneInfo:

@@ -18,7 +18,9 @@ fine checkerboard, which the same model confused with stripes two times in three
 
 Everything is a pure function of ``(seed, split, index)``, so a data set can be
 regenerated bit for bit, and the loaders read it exactly as they would read
-ImageNet.
+ImageNet (``write_classification``), ADE20K (``write_segmentation``) or COCO
+(``write_detection``). The dense sets use a larger, busier world (``dense_world``)
+and label each object by its outline.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ MARKER_FILE = "pela_synthetic.json"
 GENERATOR_VERSION = 1
 
 
-def class_names(world: "WorldConfig | None" = None) -> list[str]:
+def class_names(world: WorldConfig | None = None) -> list[str]:
     world = world or WorldConfig()
     return [f"{c}_{p}" for c in world.colours for p in world.patterns]
 
@@ -72,6 +74,7 @@ class SceneObject:
     centre: tuple[float, float]
     radius: float
     polygon: list[tuple[float, float]] = field(default_factory=list)
+    z: int = 0  # paint order: higher is painted later, on top
 
     @property
     def label(self) -> str:
@@ -171,7 +174,12 @@ def _fill(draw: ImageDraw.ImageDraw, canvas: Image.Image, poly: list[tuple[float
 
 def render_scene(seed: int, split: str, index: int, world: WorldConfig = WorldConfig(),
                  subject_class: int | None = None) -> tuple[Image.Image, list[SceneObject]]:
-    """Render scene `index` of `split`; the subject comes first in the object list."""
+    """Render scene `index` of `split`; the subject comes first in the object list.
+
+    The list order is not the paint order (distractors go below or above the
+    subject); each object's ``z`` is its paint order, for callers that redraw the
+    scene, such as the dense label writers.
+    """
     rng = _rng(seed, split, index)
     n_patterns, n_colours = len(world.patterns), len(world.colours)
     n_classes = n_patterns * n_colours
@@ -202,6 +210,9 @@ def render_scene(seed: int, split: str, index: int, world: WorldConfig = WorldCo
     objects = [distractor(c) for c, b in zip(distractor_classes, below) if b]
     subject = paint(subject_class, world.subject_size)
     objects += [distractor(c) for c, b in zip(distractor_classes, below) if not b]
+    n_below = sum(below)
+    for z, obj in enumerate([*objects[:n_below], subject, *objects[n_below:]]):
+        obj.z = z
 
     pixels = np.asarray(canvas, np.float32) + rng.normal(0, world.noise_std, (world.img_size, world.img_size, 3))
     image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
@@ -236,6 +247,199 @@ def write_classification(root: str | Path, *, seed: int = 0, n_train: int = 3200
         "world": asdict(world),
     }
     atomic_write_text(root / MARKER_FILE, json.dumps(marker, indent=2))
+    return root
+
+
+# Dense tasks: the same scenes, labelled by outline, in ADE20K and COCO layouts.
+
+SEG_CLASSES: tuple[str, ...] = ("background", *SHAPES)
+DET_CLASSES: tuple[str, ...] = SHAPES
+
+
+def dense_world(img_size: int = 128) -> WorldConfig:
+    """The world for segmentation and detection scenes.
+
+    128 px, so a patch-16 backbone still gets an 8x8 token grid and the smallest
+    object is about one patch across. One to four distractors, up to the subject's
+    size, so every scene has several instances, several classes and overlaps to
+    resolve. Distractors are as vivid as the subject: in the dense tasks every
+    object is a target, so none should be a washed-out nuisance.
+    """
+    return WorldConfig(img_size=img_size, subject_size=(0.25, 0.45), distractor_size=(0.12, 0.30),
+                       distractors=(1, 4), distractor_saturation=(0.55, 1.0))
+
+
+DENSE_WORLD = dense_world()
+
+
+def clip_polygon(poly: list[tuple[float, float]], width: float, height: float) -> list[tuple[float, float]]:
+    """Sutherland-Hodgman clip of a polygon to the rectangle [0, width] x [0, height]."""
+    out = list(poly)
+    for axis, bound, keep_below in ((0, 0.0, False), (0, width, True), (1, 0.0, False), (1, height, True)):
+        if not out:
+            break
+        out = _clip_half_plane(out, axis, float(bound), keep_below)
+    return out
+
+
+def _clip_half_plane(poly: list[tuple[float, float]], axis: int, bound: float,
+                     keep_below: bool) -> list[tuple[float, float]]:
+    def inside(p: tuple[float, float]) -> bool:
+        return p[axis] <= bound if keep_below else p[axis] >= bound
+
+    def cut(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+        t = (bound - a[axis]) / (b[axis] - a[axis])  # a and b straddle the line, so no zero division
+        x, y = a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1])
+        # Pin the cut coordinate to the line exactly: rounding must not leave it a hair outside.
+        return (bound, y) if axis == 0 else (x, bound)
+
+    out: list[tuple[float, float]] = []
+    for i, cur in enumerate(poly):
+        prev = poly[i - 1]
+        if inside(cur):
+            if not inside(prev):
+                out.append(cut(prev, cur))
+            out.append(cur)
+        elif inside(prev):
+            out.append(cut(prev, cur))
+    return out
+
+
+def polygon_area(poly: list[tuple[float, float]]) -> float:
+    """Shoelace area of a simple polygon, in px^2."""
+    n = len(poly)
+    twice = sum(poly[i][0] * poly[(i + 1) % n][1] - poly[(i + 1) % n][0] * poly[i][1] for i in range(n))
+    return abs(twice) / 2.0
+
+
+def segmentation_map(objects: list[SceneObject], img_size: int) -> Image.Image:
+    """The ADE20K-style label map of a scene: 'L' PNG values 1 + index in SEG_CLASSES.
+
+    Objects are drawn in paint order (``z``), so an occluder owns the pixels it covers,
+    as in the image. A "hollow" object is only an outline in the image, but its label
+    region is the whole polygon interior: the object is the shape, not its ring of
+    paint, and a few-pixel-wide ring label would be mostly boundary, which dense heads
+    at 1/4 to 1/32 scale cannot resolve. (PIL draws the outline inside the polygon, so
+    every painted pixel is still labelled.) The same polygon and rasteriser as the
+    painting keep label edges pixel-aligned with the image.
+    """
+    label = Image.new("L", (img_size, img_size), SEG_CLASSES.index("background") + 1)
+    draw = ImageDraw.Draw(label)
+    for obj in sorted(objects, key=lambda o: o.z):
+        draw.polygon(obj.polygon, fill=SEG_CLASSES.index(obj.shape) + 1)
+    return label
+
+
+def coco_annotation(obj: SceneObject, ann_id: int, image_id: int, img_size: int) -> dict | None:
+    """One COCO instance annotation, or None where the clipped object is too small to be a box.
+
+    The polygon is amodal: occluders are not subtracted, as COCO polygons outline
+    the object and mmdet's box targets are its full extent. Coordinates are rounded
+    to 0.01 px before bbox and area are taken, so the three agree in the file.
+    """
+    poly = [(round(x, 2), round(y, 2)) for x, y in clip_polygon(obj.polygon, img_size, img_size)]
+    if len(poly) < 3:
+        return None
+    xs, ys = [p[0] for p in poly], [p[1] for p in poly]
+    x0, y0 = min(xs), min(ys)
+    w, h = round(max(xs) - x0, 2), round(max(ys) - y0, 2)
+    area = polygon_area(poly)
+    # mmdet drops boxes under 1 px itself; never writing them keeps the file valid on its own.
+    if area < 4.0 or w < 1.0 or h < 1.0:
+        return None
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": DET_CLASSES.index(obj.shape) + 1,
+        "segmentation": [[c for p in poly for c in p]],
+        "area": round(area, 2),
+        "bbox": [x0, y0, w, h],
+        "iscrowd": 0,
+    }
+
+
+def _dense_marker(task: str, fmt: str, seed: int, n_train: int, n_val: int, classes: tuple[str, ...],
+                  world: WorldConfig, **extra: object) -> str:
+    marker = {
+        "provenance": "synthetic",
+        "task": task,
+        "format": fmt,
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "n_train": n_train,
+        "n_val": n_val,
+        "classes": list(classes),
+        "world": asdict(world),
+        **extra,
+    }
+    return json.dumps(marker, indent=2)
+
+
+def write_segmentation(root: str | Path, *, seed: int = 0, n_train: int = 2000, n_val: int = 500,
+                       world: WorldConfig = DENSE_WORLD, progress: bool = True) -> Path:
+    """Write an ADE20K-layout split plus a marker file.
+
+    ``root/images/{training,validation}/<n>.jpg`` and
+    ``root/annotations/{training,validation}/<n>.png``. Label values are
+    1..len(SEG_CLASSES) with 0 reserved for "unlabelled", as in ADE20K, so mmseg's
+    ``reduce_zero_label=True`` maps them to 0..4; a synthetic map has no 0s.
+    """
+    from tqdm import tqdm
+
+    root = Path(root)
+    for folder, split, count in (("training", "seg-train", n_train), ("validation", "seg-val", n_val)):
+        img_dir, ann_dir = root / "images" / folder, root / "annotations" / folder
+        img_dir.mkdir(parents=True, exist_ok=True)
+        ann_dir.mkdir(parents=True, exist_ok=True)
+        for i in tqdm(range(count), desc=f"synthetic seg {folder}", disable=not progress, leave=False):
+            image, objects = render_scene(seed, split, i, world)
+            image.save(img_dir / f"{i:06d}.jpg", quality=95)
+            segmentation_map(objects, world.img_size).save(ann_dir / f"{i:06d}.png")
+    atomic_write_text(root / MARKER_FILE,
+                      _dense_marker("seg", "ade20k", seed, n_train, n_val, SEG_CLASSES, world, reduce_zero_label=True))
+    return root
+
+
+def write_detection(root: str | Path, *, seed: int = 0, n_train: int = 2000, n_val: int = 500,
+                    world: WorldConfig = DENSE_WORLD, progress: bool = True) -> Path:
+    """Write a COCO-layout split plus a marker file.
+
+    ``root/{train,val}2017/<id:012d>.jpg`` and
+    ``root/annotations/instances_{train,val}2017.json``, one instance per visible
+    object, category ids 1..4 in SHAPES order.
+    """
+    from tqdm import tqdm
+
+    root = Path(root)
+    categories = [{"id": k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(DET_CLASSES)]
+    n_annotations = {}
+    for folder, split, count in (("train2017", "det-train", n_train), ("val2017", "det-val", n_val)):
+        img_dir = root / folder
+        img_dir.mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for i in tqdm(range(count), desc=f"synthetic det {folder}", disable=not progress, leave=False):
+            image_id = i + 1
+            image, objects = render_scene(seed, split, i, world)
+            file_name = f"{image_id:012d}.jpg"
+            image.save(img_dir / file_name, quality=95)
+            images.append({"id": image_id, "file_name": file_name, "width": image.width, "height": image.height})
+            for obj in sorted(objects, key=lambda o: o.z):
+                ann = coco_annotation(obj, len(annotations) + 1, image_id, world.img_size)
+                if ann is not None:
+                    annotations.append(ann)
+        coco = {
+            # A dict, as in COCO's own files: pycocotools' COCO.info() iterates its items.
+            "info": {"description": "pela-bench synthetic shapes", "version": str(GENERATOR_VERSION)},
+            "licenses": [],
+            "images": images,
+            "annotations": annotations,
+            "categories": categories,
+        }
+        atomic_write_text(root / "annotations" / f"instances_{folder}.json", json.dumps(coco))
+        n_annotations[folder] = len(annotations)
+    atomic_write_text(root / MARKER_FILE,
+                      _dense_marker("det", "coco", seed, n_train, n_val, DET_CLASSES, world,
+                                    n_annotations=n_annotations))
     return root
 
 

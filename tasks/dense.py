@@ -1,0 +1,144 @@
+"""What segmentation and detection share: the schedule, and one mmengine Runner per fine-tune.
+
+Both dense tasks train inside mmengine's Runner, as the DESIGN requires (their
+pipelines, schedulers and metrics are the toolboxes' own); this module is the
+single place that builds that Runner, so both tasks log, checkpoint, resume and
+seed the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from common.errors import PelaBenchError
+
+log = logging.getLogger("pela_bench")
+
+
+@dataclass(frozen=True)
+class DenseSchedule:
+    """One dense fine-tune: how long, how big, how fast.
+
+    `length` counts iterations when `by_epoch` is false (segmentation's 160k) and
+    epochs otherwise (detection's 3x = 36). `milestones` are in the same unit;
+    empty means a poly decay to zero after the linear warm-up.
+    """
+
+    by_epoch: bool
+    length: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_iters: int
+    img_scale: tuple[int, int]  # (long, short) side limits, mmcv's convention
+    crop_size: tuple[int, int] | None = None  # segmentation's random crop
+    multiscale: bool = False  # detection: short side drawn from 480-800 (the paper's 3x recipe)
+    milestones: tuple[int, ...] = field(default_factory=tuple)
+    val_subset: int | None = None  # evaluate on the first N validation images only (smoke)
+    checkpoint_interval: int = 0  # 0: only at the end
+    log_interval: int = 50
+    head_channels: int = 512  # UPerHead width; part of the architecture, kept at the paper's value
+
+    def __post_init__(self) -> None:
+        for name in ("length", "batch_size"):
+            if getattr(self, name) < 1:
+                raise PelaBenchError(f"dense schedule: {name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise PelaBenchError(f"dense schedule: lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class DenseResult:
+    metrics: dict[str, float]
+    model: nn.Module
+    seconds: float
+    peak_memory_bytes: int | None  # CUDA allocator peak of the fine-tune; None on CPU
+
+
+def optim_wrapper(s: DenseSchedule, device: torch.device, extra_custom_keys: dict | None = None) -> dict[str, Any]:
+    # No weight decay on norms, position tables and biases, as the Swin/ViT dense configs.
+    custom_keys = {"norm": dict(decay_mult=0.0), "relative_position_bias_table": dict(decay_mult=0.0),
+                   "absolute_pos_embed": dict(decay_mult=0.0), "pos_embed": dict(decay_mult=0.0),
+                   "cls_token": dict(decay_mult=0.0)}
+    custom_keys.update(extra_custom_keys or {})
+    wrapper: dict[str, Any] = dict(
+        type="OptimWrapper",
+        optimizer=dict(type="AdamW", lr=s.lr, betas=(0.9, 0.999), weight_decay=s.weight_decay),
+        paramwise_cfg=dict(custom_keys=custom_keys, bias_decay_mult=0.0),
+    )
+    if device.type == "cuda":  # bf16 autocast, as the project's own trainer does on CUDA
+        wrapper.update(type="AmpOptimWrapper", dtype="bfloat16")
+    return wrapper
+
+
+def param_schedulers(s: DenseSchedule) -> list[dict[str, Any]]:
+    warm = dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=max(1, s.warmup_iters))
+    if s.milestones:
+        return [warm, dict(type="MultiStepLR", by_epoch=s.by_epoch, begin=0, end=s.length,
+                           milestones=list(s.milestones), gamma=0.1)]
+    if s.by_epoch:
+        return [warm, dict(type="PolyLR", eta_min=0.0, power=1.0, by_epoch=True, begin=0, end=s.length)]
+    return [warm, dict(type="PolyLR", eta_min=0.0, power=1.0, by_epoch=False,
+                       begin=min(s.warmup_iters, s.length - 1), end=s.length)]
+
+
+def fit_and_test(*, model: nn.Module, scope: str, schedule: DenseSchedule, train_loader: dict, test_loader: dict,
+                 evaluator: dict | list, work_dir: Path, seed: int, device: torch.device,
+                 progress: bool = True) -> DenseResult:
+    """Fine-tune `model` with mmengine's Runner, then evaluate it once on the test split.
+
+    A killed fine-tune resumes from the last checkpoint in `work_dir`; the
+    checkpoint is loaded through torch's safe loader (see `tasks.mm.compat`).
+    """
+    import tasks.mm  # noqa: F401  (the ops stand-in before any mm* import)
+    from mmengine.runner import Runner
+
+    s = schedule
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if s.by_epoch:
+        train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=s.length, val_interval=s.length + 1)
+    else:
+        train_cfg = dict(type="IterBasedTrainLoop", max_iters=s.length, val_interval=s.length + 1)
+    interval = s.checkpoint_interval or s.length
+    hooks = dict(
+        timer=dict(type="IterTimerHook"),
+        logger=dict(type="LoggerHook", interval=s.log_interval if progress else 10**9,
+                    log_metric_by_epoch=s.by_epoch),
+        param_scheduler=dict(type="ParamSchedulerHook"),
+        checkpoint=dict(type="CheckpointHook", by_epoch=s.by_epoch, interval=interval, max_keep_ckpts=1,
+                        save_last=True),
+        sampler_seed=dict(type="DistSamplerSeedHook"),
+    )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model = model.to(device)
+    runner = Runner(
+        model=model,
+        work_dir=str(work_dir),
+        train_dataloader=train_loader,
+        train_cfg=train_cfg,
+        optim_wrapper=optim_wrapper(s, device),
+        param_scheduler=param_schedulers(s),
+        test_dataloader=test_loader,
+        test_cfg=dict(type="TestLoop"),
+        test_evaluator=evaluator,
+        default_hooks=hooks,
+        default_scope=scope,
+        randomness=dict(seed=seed),
+        env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl")),
+        log_level="INFO" if progress else "WARNING",
+        resume=True,
+        experiment_name=f"{scope}-{work_dir.name}-{time.strftime('%Y%m%d_%H%M%S')}-{id(model)}",
+    )
+    start = time.time()
+    runner.train()
+    metrics = runner.test()
+    peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    return DenseResult({k: float(v) for k, v in metrics.items()}, runner.model, time.time() - start, peak)

@@ -1,0 +1,162 @@
+"""The dense writers: ADE20K and COCO layouts of the synthetic world, checked without mmseg/mmdet."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.synthetic import (
+    DET_CLASSES,
+    MARKER_FILE,
+    SEG_CLASSES,
+    SHAPES,
+    clip_polygon,
+    dense_world,
+    polygon_area,
+    read_marker,
+    render_scene,
+    segmentation_map,
+    write_classification,
+    write_detection,
+    write_segmentation,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def seg_root(tmp_path_factory):
+    return write_segmentation(tmp_path_factory.mktemp("seg") / "ade", n_train=8, n_val=4, progress=False)
+
+
+@pytest.fixture(scope="module")
+def det_root(tmp_path_factory):
+    return write_detection(tmp_path_factory.mktemp("det") / "coco", n_train=8, n_val=4, progress=False)
+
+
+def test_clip_polygon_cuts_to_the_rectangle():
+    half_out = [(-5.0, 10.0), (5.0, 10.0), (5.0, 20.0), (-5.0, 20.0)]
+    clipped = clip_polygon(half_out, 100, 100)
+    assert polygon_area(clipped) == pytest.approx(50.0)
+    assert all(0 <= x <= 100 and 0 <= y <= 100 for x, y in clipped)
+    corner = [(90.0, 90.0), (110.0, 90.0), (110.0, 110.0), (90.0, 110.0)]  # a quarter inside
+    assert polygon_area(clip_polygon(corner, 100, 100)) == pytest.approx(100.0)
+    inside = [(1.0, 1.0), (4.0, 1.0), (1.0, 5.0)]
+    assert clip_polygon(inside, 100, 100) == inside
+    assert clip_polygon([(-9.0, -9.0), (-1.0, -9.0), (-1.0, -1.0)], 100, 100) == []
+
+
+def test_dense_world_and_classes():
+    world = dense_world()
+    assert world.img_size == 128 and world.distractors[0] >= 1
+    assert SEG_CLASSES == ("background", "circle", "square", "triangle", "cross")
+    assert DET_CLASSES == SHAPES
+
+
+def test_segmentation_layout_and_labels(seg_root):
+    marker = read_marker(seg_root)
+    assert marker["provenance"] == "synthetic" and marker["task"] == "seg"
+    assert marker["classes"] == list(SEG_CLASSES) and marker["world"]["img_size"] == 128
+    for folder, n in (("training", 8), ("validation", 4)):
+        images = sorted((seg_root / "images" / folder).glob("*.jpg"))
+        labels = sorted((seg_root / "annotations" / folder).glob("*.png"))
+        assert len(images) == n and [p.stem for p in images] == [p.stem for p in labels]
+        for img_path, lbl_path in zip(images, labels):
+            img, lbl = Image.open(img_path), Image.open(lbl_path)
+            assert img.mode == "RGB" and lbl.mode == "L" and img.size == lbl.size == (128, 128)
+            values = set(np.unique(np.asarray(lbl)).tolist())
+            assert values <= set(range(1, len(SEG_CLASSES) + 1))  # never 0: every pixel is labelled
+            assert 1 in values  # background
+
+
+def test_segmentation_map_follows_paint_order():
+    world = dense_world()
+    subject_on_top = 0
+    for i in range(20):
+        _, objects = render_scene(0, "seg-train", i, world)
+        assert sorted(o.z for o in objects) == list(range(len(objects)))
+        lbl = np.asarray(segmentation_map(objects, world.img_size))
+        # The object painted last is never covered, so its label shows at its centre
+        # (inside every outline; hollow ones are labelled as their full interior).
+        top = max(objects, key=lambda o: o.z)
+        cx, cy = (round(c) for c in top.centre)
+        assert lbl[cy, cx] == SEG_CLASSES.index(top.shape) + 1
+        if objects[0].z == len(objects) - 1:  # the subject is painted last
+            subject_on_top += 1
+            assert SEG_CLASSES.index(objects[0].shape) + 1 in set(np.unique(lbl).tolist())
+    assert subject_on_top > 0
+
+
+def test_segmentation_is_deterministic(seg_root, tmp_path):
+    again = write_segmentation(tmp_path / "ade", n_train=2, n_val=1, progress=False)
+    for rel in ("annotations/training/000001.png", "images/training/000001.jpg", "annotations/validation/000000.png"):
+        assert (again / rel).read_bytes() == (seg_root / rel).read_bytes()
+
+
+def test_dense_scenes_differ_from_classification():
+    cls_img, _ = render_scene(0, "train", 0, dense_world())
+    seg_img, _ = render_scene(0, "seg-train", 0, dense_world())
+    det_img, _ = render_scene(0, "det-train", 0, dense_world())
+    a, b, c = (np.asarray(x) for x in (cls_img, seg_img, det_img))
+    assert not np.array_equal(a, b) and not np.array_equal(b, c)
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools on numpy 2
+def test_detection_coco_annotations(det_root):
+    from pycocotools.coco import COCO
+
+    marker = read_marker(det_root)
+    assert marker["provenance"] == "synthetic" and marker["task"] == "det"
+    for folder, n in (("train2017", 8), ("val2017", 4)):
+        raw = json.loads((det_root / "annotations" / f"instances_{folder}.json").read_text())
+        assert {"info", "licenses", "images", "annotations", "categories"} <= set(raw)
+        coco = COCO(str(det_root / "annotations" / f"instances_{folder}.json"))
+        cats = coco.loadCats(coco.getCatIds())
+        assert [(c["id"], c["name"], c["supercategory"]) for c in cats] == \
+            [(k + 1, s, "shape") for k, s in enumerate(SHAPES)]
+        img_ids = coco.getImgIds()
+        assert sorted(img_ids) == list(range(1, n + 1))
+        ann_ids = [a["id"] for a in raw["annotations"]]
+        assert len(ann_ids) == len(set(ann_ids)) and len(ann_ids) >= n  # at least the subject, usually more
+        for img in coco.loadImgs(img_ids):
+            path = det_root / folder / img["file_name"]
+            assert path.is_file() and Image.open(path).size == (img["width"], img["height"])
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=img["id"]))
+            assert anns, "every scene has at least its subject"
+            for ann in anns:
+                x, y, w, h = ann["bbox"]
+                assert w >= 1 and h >= 1 and ann["iscrowd"] == 0 and 1 <= ann["category_id"] <= 4
+                assert x >= 0 and y >= 0
+                assert x + w <= img["width"] + 1e-6 and y + h <= img["height"] + 1e-6
+                mask = coco.annToMask(ann)
+                assert mask.shape == (img["height"], img["width"])
+                assert mask.sum() == pytest.approx(ann["area"], rel=0.2)
+
+
+def test_detection_is_deterministic(det_root, tmp_path):
+    again = write_detection(tmp_path / "coco", n_train=8, n_val=4, progress=False)
+    for rel in ("annotations/instances_train2017.json", "annotations/instances_val2017.json",
+                "train2017/000000000003.jpg", MARKER_FILE):
+        assert (again / rel).read_bytes() == (det_root / rel).read_bytes()
+
+
+def test_classification_marker_still_reads(tmp_path):
+    root = write_classification(tmp_path / "cls", n_train=16, n_val=16, progress=False)
+    assert read_marker(root)["provenance"] == "synthetic"
+
+
+@pytest.mark.parametrize("task,expected", [("seg", "annotations/validation/000000.png"),
+                                           ("det", "annotations/instances_val2017.json")])
+def test_make_data_cli(task, expected, tmp_path):
+    out = tmp_path / task
+    r = subprocess.run([sys.executable, "tools/make_data.py", "--task", task, "--out", str(out),
+                        "--train", "2", "--val", "1"], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                       check=False)
+    assert r.returncode == 0, r.stderr[-1500:]
+    marker = json.loads((out / MARKER_FILE).read_text())
+    assert marker["task"] == task and marker["n_train"] == 2 and marker["world"]["img_size"] == 128
+    assert (out / expected).is_file()
