@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import PelaBenchError
+from tasks.dense import DenseSchedule
 
 BUDGETS = ("smoke", "paper")
 
@@ -40,9 +41,27 @@ class Budget:
     pretrain: Schedule
     synthetic_train: int
     synthetic_val: int
+    seg: DenseSchedule
+    det: DenseSchedule
+    dense_synthetic_train: int  # scenes per synthetic ADE/COCO train split
+    dense_synthetic_val: int
     eval_batch_size: int = 256
     latency_batch_size: int = 1
     latency_repeats: int = 20
+    dense_latency_repeats: int = 20
+    # Teacher and pre-training schedules for paper-size backbones (over 10 M parameters)
+    # where the budget cannot afford the full ones (None: same as for the others).
+    teacher_large: Schedule | None = None
+    pretrain_large: Schedule | None = None
+
+    def teacher_for(self, n_params: int) -> Schedule:
+        return self.teacher_large if self.teacher_large is not None and n_params > LARGE_PARAMS else self.teacher
+
+    def pretrain_for(self, n_params: int) -> Schedule:
+        return self.pretrain_large if self.pretrain_large is not None and n_params > LARGE_PARAMS else self.pretrain
+
+
+LARGE_PARAMS = 10_000_000
 
 
 BUDGET_PRESETS: dict[str, Budget] = {
@@ -54,6 +73,20 @@ BUDGET_PRESETS: dict[str, Budget] = {
         synthetic_train=3200,
         synthetic_val=800,
         latency_repeats=50,
+        # Dense smoke runs check that the whole mm* pipeline trains, evaluates and is measured,
+        # at 128 px on a 2-core CPU: a handful of iterations and a smaller RoI budget.
+        seg=DenseSchedule(by_epoch=False, length=8, batch_size=2, lr=2e-4, weight_decay=0.01, warmup_iters=2,
+                          img_scale=(512, 128), crop_size=(128, 128), val_subset=8, log_interval=2),
+        det=DenseSchedule(by_epoch=False, length=6, batch_size=2, lr=1e-4, weight_decay=0.05, warmup_iters=2,
+                          img_scale=(128, 128), val_subset=4, log_interval=2,
+                          rpn_train_proposals=200, rcnn_train_samples=64, rpn_test_proposals=100),
+        dense_synthetic_train=64,
+        dense_synthetic_val=16,
+        dense_latency_repeats=3,
+        # An 88 M-parameter Swin-B cannot be trained on a CPU in minutes; the smoke budget
+        # gives it a few dozen steps, enough to exercise every stage.
+        teacher_large=Schedule(epochs=0.25, lr=5e-4, batch_size=16, warmup_epochs=0.05),
+        pretrain_large=Schedule(epochs=0.1, lr=2.5e-4, batch_size=16, warmup_epochs=0.02),
     ),
     # The official DeiT-B recipe: 50 epochs, 4 x 64 images per step, AdamW at 5e-4 x bs/512.
     "paper": Budget(
@@ -64,8 +97,22 @@ BUDGET_PRESETS: dict[str, Budget] = {
         synthetic_train=50_000,
         synthetic_val=10_000,
         latency_repeats=50,
+        # mmseg's UperNet ADE20K schedule: 160k iterations, 16 x 512^2 crops, AdamW 6e-5, poly decay.
+        seg=DenseSchedule(by_epoch=False, length=160_000, batch_size=16, lr=6e-5, weight_decay=0.01,
+                          warmup_iters=1500, img_scale=(2048, 512), crop_size=(512, 512),
+                          checkpoint_interval=16_000),
+        # The Swin Cascade Mask R-CNN 3x schedule: 36 epochs, 16 images, AdamW 1e-4, steps at 27 and 33,
+        # multi-scale training (short side 480-800).
+        det=DenseSchedule(by_epoch=True, length=36, batch_size=16, lr=1e-4, weight_decay=0.05, warmup_iters=1000,
+                          img_scale=(1333, 800), multiscale=True, milestones=(27, 33), checkpoint_interval=1),
+        dense_synthetic_train=20_000,
+        dense_synthetic_val=2_000,
     ),
 }
+
+
+# The methods of the paper's dense tables (2 and 3); ToMe does not apply to dense heads.
+DENSE_METHODS: tuple[str, ...] = ("dense", "svd", "pela", "lora", "pc_lora", "tinybert", "maskalign")
 
 
 @dataclass(frozen=True)
@@ -78,6 +125,11 @@ class SuiteConfig:
     tasks: tuple[str, ...] = ("cls",)
     ratio: float | None = None  # None: each backbone's paper preset
     data_root: str | None = None  # None: the synthetic world, generated under `out`
+    seg_root: str | None = None  # ADE20K layout; None: synthetic scenes
+    det_root: str | None = None  # COCO layout; None: synthetic scenes
+    # Table 9: also train each compressed model's dense heads at the largest batch whose
+    # training peak memory stays within the dense model's (rows "<method>+").
+    scale_batch: bool = False
     teacher_weights: str | None = None  # None: train the teacher; "hub" or a checkpoint path
     out: str = "runs"
     results: str = "results"
@@ -153,6 +205,17 @@ def validate(cfg: SuiteConfig) -> None:
         for split in ("train", "val"):
             if not (root / split).is_dir():
                 raise PelaBenchError(f"--data-root {root} has no '{split}' folder (ImageNet layout: {root}/{split}/<class>/<image>)")
+    for flag, value in (("--seg-root", cfg.seg_root), ("--det-root", cfg.det_root)):
+        if value is not None and not Path(value).is_dir():
+            raise PelaBenchError(f"{flag} {value} does not exist")
+    if cfg.scale_batch and "dense" not in cfg.methods:
+        raise PelaBenchError("--scale-batch compares against the dense model's memory: include 'dense' in --methods")
+    if cfg.scale_batch and not {"seg", "det"} & {create_task(t).name for t in cfg.tasks}:
+        raise PelaBenchError("--scale-batch applies to the dense tasks: add seg or det to --tasks")
+    dense_tasks = [t for t in (create_task(n).name for n in cfg.tasks) if t in ("seg", "det")]
+    if dense_tasks and all(method_class(m).dense_unsupported for m in cfg.methods):
+        raise PelaBenchError(f"none of the methods {', '.join(cfg.methods)} applies to {', '.join(dense_tasks)} "
+                             f"({'; '.join(f'{m}: {method_class(m).dense_unsupported}' for m in cfg.methods)})")
     if cfg.teacher_weights not in (None, "hub") and not Path(cfg.teacher_weights).is_file():
         raise PelaBenchError(f"--teacher-weights {cfg.teacher_weights} does not exist")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):

@@ -14,7 +14,7 @@ import itertools
 import statistics
 import time
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -49,7 +49,7 @@ def _meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo).to("meta")
 
 
-def count_flops(model: nn.Module, input_shape: Shape = (1, 3, 224, 224)) -> dict[str, int]:
+def count_flops(model: nn.Module, input_shape: Shape = (1, 3, 224, 224), *, on_meta: bool = True) -> dict[str, int]:
     """FLOPs (2 x MAC) and MACs of one forward pass at `input_shape`; `model` is not touched.
 
     The count runs on a meta-device copy: shapes only, no arithmetic, so even
@@ -60,11 +60,15 @@ def count_flops(model: nn.Module, input_shape: Shape = (1, 3, 224, 224)) -> dict
     PyTorch takes the math path today; the context keeps it that way whatever the
     dispatcher prefers in a later release.
     """
-    meta_model = _meta_copy(model).eval()
-    x = torch.empty(input_shape, device="meta")
+    if on_meta:
+        run_model, x = _meta_copy(model).eval(), torch.empty(input_shape, device="meta")
+    else:
+        # Models whose work depends on values (detectors: NMS keeps a data-dependent number of
+        # boxes) cannot run on shapes alone; they are counted on the fixed random input.
+        run_model, x = model.eval(), _fixed_input(input_shape, next(model.parameters()).device)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
-        meta_model(x)
+        run_model(x)
     flops = int(counter.get_total_flops())
     return {"flops": flops, "macs": flops // 2}
 
@@ -163,6 +167,26 @@ class _LiveTensorBytes(TorchDispatchMode):
         return out
 
 
+def _activation_peak(fn: Callable[[], Any], device: torch.device) -> tuple[int, str]:
+    """Peak bytes that `fn` allocates above what was live before it (input batches excluded)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base, "cuda_allocator"
+    tracker = _LiveTensorBytes()
+    with tracker:
+        fn()
+    return tracker.peak, "dispatch_tracking"
+
+
+def _resident_bytes(model: nn.Module) -> int:
+    return (sum(p.numel() * p.element_size() for p in model.parameters())
+            + sum(b.numel() * b.element_size() for b in model.buffers()))
+
+
 def measure_peak_memory(model: nn.Module, input_shape: Shape, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Peak memory of one inference forward: parameters + buffers + the live activations' peak.
 
@@ -173,37 +197,44 @@ def measure_peak_memory(model: nn.Module, input_shape: Shape, device: str | torc
     on either device.
     """
     device = torch.device(device)
-    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    param_bytes += sum(b.numel() * b.element_size() for b in model.buffers())
+    param_bytes = _resident_bytes(model)
     was_training = model.training
     model.eval()
     x = _fixed_input(input_shape, device)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            model(x)
+
     try:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            with torch.inference_mode():
-                model(x)
-            torch.cuda.synchronize(device)
-            activation = torch.cuda.max_memory_allocated(device) - base
-            method = "cuda_allocator"
-        else:
-            tracker = _LiveTensorBytes()
-            with torch.inference_mode(), tracker:
-                model(x)
-            activation = tracker.peak
-            method = "dispatch_tracking"
+        activation, method = _activation_peak(forward, device)
     finally:
         model.train(was_training)
     return {"peak_bytes": param_bytes + activation, "param_bytes": param_bytes,
             "activation_peak_bytes": activation, "method": method}
 
 
+def measure_train_memory(model: nn.Module, step: Callable[[], None], device: str | torch.device = "cpu"
+                         ) -> dict[str, Any]:
+    """Peak memory of one training step: weights + AdamW's two moments + the step's own peak.
+
+    `step` runs one forward and backward on a batch it already holds (it should
+    drop the gradients at the end). Gradients and activations are measured; the
+    optimiser's state is added as two fp32 copies of the trainable parameters, so
+    the figure is the same whether or not an optimiser has stepped yet.
+    """
+    device = torch.device(device)
+    param_bytes = _resident_bytes(model)
+    optimizer_bytes = 2 * 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+    activation, method = _activation_peak(step, device)
+    return {"peak_bytes": param_bytes + optimizer_bytes + activation, "param_bytes": param_bytes,
+            "optimizer_state_bytes": optimizer_bytes, "step_peak_bytes": activation, "method": method}
+
+
 def measure_all(model: nn.Module, input_shape: Shape, *, latency_repeats: int = 20, threads: int | None = None,
-                device: str | torch.device = "cpu") -> dict[str, float]:
+                device: str | torch.device = "cpu", flops_on_meta: bool = True) -> dict[str, float]:
     """Everything a results row reports, flat: params, FLOPs, latency, peak memory."""
-    flops = count_flops(model, (1, *input_shape[1:]))
+    flops = count_flops(model, (1, *input_shape[1:]), on_meta=flops_on_meta)
     latency = measure_latency(model, input_shape, repeats=latency_repeats, threads=threads, device=device)
     memory = measure_peak_memory(model, input_shape, device=device)
     return {

@@ -8,6 +8,7 @@ row twice (rows are keyed in the store; see `benchmark.store`).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from backbones import Backbone, create_backbone
 from benchmark.config import Budget, Schedule, SuiteConfig, config_hash, validate
-from benchmark.efficiency import measure_all
+from benchmark.efficiency import count_parameters, measure_all, measure_train_memory
 from benchmark.store import ResultStore, row_id, versions
 from benchmark.tables import write_leaderboard
 from benchmark.trainer import OptimConfig, train
@@ -31,9 +32,10 @@ from common.errors import PelaBenchError
 from common.io import atomic_save_torch, atomic_write_text
 from common.seed import seed_everything
 from methods import Method, create_method, method_class
-from tasks import create_task
+from tasks import DENSE_TASKS, create_task
 from tasks.classification import ClassificationData
-from tasks.synthetic import read_marker, write_classification
+from tasks.dense import DenseSchedule
+from tasks.synthetic import dense_world, read_marker, write_classification, write_detection, write_segmentation
 
 log = logging.getLogger("pela_bench")
 
@@ -73,6 +75,10 @@ class SuiteRunner:
         # One loader worker on CPU overlaps image decoding with compute; more would only
         # take cores from the compute threads.
         self.workers = 1 if self.device.type == "cpu" else min(8, os.cpu_count() or 1)
+        with torch.device("meta"):  # the size picks the budget's schedules; no weights needed
+            self.backbone_params = count_parameters(create_backbone(cfg.backbone))
+        self._dense_data: dict[str, Any] = {}
+        self._reference_peak: dict[str, dict[str, Any]] = {}  # task -> the dense model's training peak
 
     # -- stage 0: data ---------------------------------------------------------------
     def data_root(self) -> Path:
@@ -103,9 +109,10 @@ class SuiteRunner:
     # -- stage 1: teacher --------------------------------------------------------------
     def teacher(self, data: ClassificationData, data_id: str) -> tuple[Backbone, str]:
         cfg = self.cfg
+        sched = self.budget.teacher_for(self.backbone_params)
         spec = {"backbone": cfg.backbone, "weights": cfg.teacher_weights, "data": data_id,
                 "num_classes": len(data.classes), **self._img_size(),
-                "schedule": self.budget.teacher if cfg.teacher_weights is None else None, "seed": cfg.seed}
+                "schedule": sched if cfg.teacher_weights is None else None, "seed": cfg.seed}
         if cfg.teacher_weights not in (None, "hub"):  # a replaced file must not reuse old rows
             stat = Path(cfg.teacher_weights).stat()
             spec["weights_stamp"] = [stat.st_size, stat.st_mtime_ns]
@@ -121,7 +128,6 @@ class SuiteRunner:
             seed_everything(cfg.seed)
             model = create_backbone(cfg.backbone, **overrides).to(self.device)
             task = create_task("cls")
-            sched = self.budget.teacher
             log.info("teacher: training %s from scratch for %s epochs", cfg.backbone, sched.epochs)
             start = time.time()
             history = train(model.parameters(), lambda b: task.loss(model, b),
@@ -147,10 +153,11 @@ class SuiteRunner:
 
     def student_spec(self, method: Method, teacher_hash: str) -> dict[str, Any]:
         return {"teacher": teacher_hash, **method.describe(),
-                "schedule": self.budget.pretrain if method.trains else None, "seed": self.cfg.seed}
+                "schedule": self.budget.pretrain_for(self.backbone_params) if method.trains else None,
+                "seed": self.cfg.seed}
 
     def student(self, method: Method, teacher: Backbone, teacher_hash: str, data: ClassificationData) -> StudentResult:
-        sched = self.budget.pretrain
+        sched = self.budget.pretrain_for(self.backbone_params)
         spec = self.student_spec(method, teacher_hash)
         h = config_hash(spec)
         # Seeded before building: adapters and heads are initialised from the global RNG,
@@ -194,6 +201,102 @@ class SuiteRunner:
         efficiency = measure_all(result.model, (b.latency_batch_size, 3, img, img),
                                  latency_repeats=b.latency_repeats, threads=torch.get_num_threads(),
                                  device=str(self.device))
+        row = {"metrics": metrics, "efficiency": efficiency, "train_seconds": result.train_seconds}
+        return self._finish_row(row, method, task, result, data_id, data.provenance)
+
+    # -- dense tasks: data, fine-tune, measure --------------------------------------------------
+    def dense_schedule(self, task_name: str) -> DenseSchedule:
+        return self.budget.seg if task_name == "seg" else self.budget.det
+
+    @staticmethod
+    def dense_input_size(s: DenseSchedule) -> int:
+        """The square side dense models are measured at: the training crop, or the short side."""
+        return s.crop_size[0] if s.crop_size else s.img_scale[1]
+
+    def dense_data(self, task) -> Any:
+        if task.name in self._dense_data:
+            return self._dense_data[task.name]
+        root = self.cfg.seg_root if task.name == "seg" else self.cfg.det_root
+        if root is None:
+            b = self.budget
+            size = self.dense_input_size(self.dense_schedule(task.name))
+            spec = {"task": task.name, "seed": self.cfg.seed, "n_train": b.dense_synthetic_train,
+                    "n_val": b.dense_synthetic_val, "img_size": size}
+            root = self.out / "data" / f"synthetic-{task.name}-{config_hash(spec)}"
+            if read_marker(root) is None:
+                log.info("generating synthetic %s scenes in %s", task.name, root)
+                writer = write_segmentation if task.name == "seg" else write_detection
+                writer(root, seed=self.cfg.seed, n_train=spec["n_train"], n_val=spec["n_val"],
+                       world=dense_world(size), progress=self.progress)
+        data = task.datasets(root)
+        self._dense_data[task.name] = data
+        return data
+
+    def _dense_backbone(self, result: StudentResult) -> Backbone:
+        # A copy: the pyramid neck and the dropped classifier must not leak into other tasks' rows.
+        backbone = copy.deepcopy(result.model).to(self.device).train()
+        for p in backbone.parameters():
+            p.requires_grad_(True)  # every method's student is fine-tuned whole downstream
+        return backbone
+
+    def train_peak(self, task, result: StudentResult, batch: int) -> dict[str, Any]:
+        """Peak memory of one dense training step of this student at `batch` (Table 9)."""
+        s = self.dense_schedule(task.name)
+        data = self.dense_data(task)
+        seed_everything(self.cfg.seed)
+        model = task.build_model(self._dense_backbone(result), data, s).to(self.device)
+        try:
+            return measure_train_memory(model, task.train_step(model, data, s, batch), self.device)
+        finally:
+            del model
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def scaled_batch(self, task, result: StudentResult) -> tuple[int, dict[str, Any]]:
+        """The largest batch (up to twice the schedule's) whose training peak fits the dense model's."""
+        limit = self._reference_peak[task.name]["peak_bytes"]
+        base = self.dense_schedule(task.name).batch_size
+        best, best_mem = base, self.train_peak(task, result, base)
+        if best_mem["peak_bytes"] > limit:
+            return base, best_mem  # does not even fit at the base batch; reported as is
+        for batch in range(base + 1, 2 * base + 1):
+            mem = self.train_peak(task, result, batch)
+            if mem["peak_bytes"] > limit:
+                break
+            best, best_mem = batch, mem
+        return best, best_mem
+
+    def dense_row(self, method: Method, task, result: StudentResult, work_name: str,
+                  batch: int | None = None, memory: dict[str, Any] | None = None) -> dict[str, Any]:
+        cfg, b = self.cfg, self.budget
+        s = self.dense_schedule(task.name)
+        data = self.dense_data(task)
+        work_dir = self.out / "dense" / cfg.backbone / work_name
+        log.info("%s / %s: fine-tuning %s (%s %s, batch %d) in %s", method.name, task.name,
+                 "UperNet" if task.name == "seg" else "Cascade Mask R-CNN", s.length,
+                 "epochs" if s.by_epoch else "iterations", batch or s.batch_size, work_dir)
+        res = task.run(self._dense_backbone(result), data, s, work_dir=work_dir, seed=cfg.seed, device=self.device,
+                       workers=self.workers, train_batch=batch, progress=self.progress)
+        size = self.dense_input_size(s)
+        efficiency = measure_all(task.inference_module(res.model), (b.latency_batch_size, 3, size, size),
+                                 latency_repeats=b.dense_latency_repeats, threads=torch.get_num_threads(),
+                                 device=str(self.device), flops_on_meta=False)
+        dense: dict[str, Any] = {"train_batch": batch or s.batch_size, "input_size": size, "schedule": asdict(s),
+                                 "work_dir": str(work_dir), "data_audit": getattr(data, "audit", {})}
+        if res.peak_memory_bytes is not None:
+            dense["cuda_fit_peak_mb"] = res.peak_memory_bytes / 2**20
+        if memory is not None:
+            dense["train_peak_mb"] = memory["peak_bytes"] / 2**20
+            dense["train_peak_method"] = memory["method"]
+            ref = self._reference_peak.get(task.name)
+            if ref is not None:
+                dense["reference_peak_mb"] = ref["peak_bytes"] / 2**20
+                dense["reference_batch"] = s.batch_size
+        return {"metrics": res.metrics, "efficiency": efficiency, "dense": dense, "train_seconds": res.seconds,
+                "provenance": data.provenance}
+
+    def _finish_row(self, row: dict[str, Any], method: Method, task, result: StudentResult, data_id: str,
+                    provenance: str) -> dict[str, Any]:
         opts = asdict(method.options)
         trains = method.trains
         return {
@@ -201,59 +304,93 @@ class SuiteRunner:
             "method": method.name,
             "task": task.name,
             "seed": self.cfg.seed,
-            "provenance": data.provenance,
-            "budget": b.name,
+            "provenance": provenance,
+            "budget": self.budget.name,
             "primary_metric": task.primary_metric,
-            "metrics": metrics,
-            "efficiency": efficiency,
             "ablation": {"fd": trains and opts.get("alpha", 0) > 0, "rwp": trains and opts.get("beta", 0) > 0}
             if "alpha" in opts else {},
             "loss_terms": result.loss_terms,
-            "train_seconds": result.train_seconds,
+            "pretrain_seconds": result.train_seconds,
             "device": str(self.device),
             "data": data_id,
             "versions": versions(),
             "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **row,
         }
 
     # -- the whole suite --------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
         cfg = self.cfg
         root = self.data_root()
-        task = create_task("cls")
+        cls_task = create_task("cls")
         if self.budget.img_size:
             img_size = self.budget.img_size
         else:
             with torch.device("meta"):  # only the metadata is needed, not the weights
                 img_size = create_backbone(cfg.backbone).info.img_size
-        data = task.datasets(root, img_size)
+        data = cls_task.datasets(root, img_size)
         data_id = f"{data.provenance}:{root}"
         teacher, teacher_hash = self.teacher(data, data_id)
         rows = []
-        for name in cfg.methods:
+        # The dense model goes first: with --scale-batch its training peak is the others' limit.
+        methods = sorted(cfg.methods, key=lambda name: name != "dense") if cfg.scale_batch else list(cfg.methods)
+        for name in methods:
             method = self.method(name)
             student_hash = config_hash(self.student_spec(method, teacher_hash))
             result: StudentResult | None = None  # built only when some row is missing
             for task_name in cfg.tasks:
-                key = {"backbone": cfg.backbone, "method": name, "task": create_task(task_name).name,
-                       "seed": cfg.seed, "provenance": data.provenance}
-                h = config_hash({"student": student_hash, "task": key["task"], "budget": self.budget,
-                                 "device": str(self.device)})
-                existing = self.store.find(row_id(key), h)
-                if existing is not None:
-                    log.info("%s / %s: row exists, skipped", name, key["task"])
-                    rows.append(existing)
+                task = create_task(task_name)
+                dense = task.name in DENSE_TASKS
+                if dense and method.dense_unsupported:
+                    log.info("%s / %s: skipped, %s", name, task.name, method.dense_unsupported)
                     continue
-                if result is None:
-                    result = self.student(method, teacher, teacher_hash, data)
-                row = self.row(method, task_name, result, data, data_id)
-                row["config_hash"] = h
-                row["config"] = {"suite": cfg.to_dict(), "method": method.describe(), "budget": asdict(self.budget),
-                                 "teacher_hash": teacher_hash, "student_hash": student_hash}
-                self.store.put(row)
-                rows.append(row)
-                write_leaderboard(self.store.rows(), self.results)
-                log.info("%s / %s: %s", name, key["task"],
-                         ", ".join(f"{k}={v:.2f}" for k, v in row["metrics"].items()))
+                variants = [("", None)]
+                if dense and cfg.scale_batch and name != "dense":
+                    variants.append(("+", "scaled"))
+                for suffix, scaled in variants:
+                    provenance = data.provenance
+                    if dense and (self.dense_data(task).provenance == "synthetic"):
+                        provenance = "synthetic"  # a row is real only if all the data behind it is
+                    key = {"backbone": cfg.backbone, "method": name + suffix, "task": task.name, "seed": cfg.seed,
+                           "provenance": provenance}
+                    h = config_hash({"student": student_hash, "task": key["task"], "budget": self.budget,
+                                     "device": str(self.device), "variant": suffix,
+                                     "data": self.dense_data(task).root if dense else None})
+                    existing = self.store.find(row_id(key), h)
+                    if existing is not None and not (dense and cfg.scale_batch and name == "dense"
+                                                     and task.name not in self._reference_peak):
+                        log.info("%s / %s: row exists, skipped", name + suffix, key["task"])
+                        rows.append(existing)
+                        continue
+                    if result is None:
+                        result = self.student(method, teacher, teacher_hash, data)
+                    if not dense:
+                        row = self.row(method, task_name, result, data, data_id)
+                    else:
+                        batch, memory = None, None
+                        if cfg.scale_batch:
+                            if name == "dense":
+                                memory = self.train_peak(task, result, self.dense_schedule(task.name).batch_size)
+                                self._reference_peak[task.name] = memory
+                                if existing is not None:
+                                    rows.append(existing)
+                                    continue
+                            elif scaled:
+                                batch, memory = self.scaled_batch(task, result)
+                            else:
+                                memory = self.train_peak(task, result, self.dense_schedule(task.name).batch_size)
+                        row = self._finish_row(
+                            self.dense_row(method, task, result, f"{name}{suffix}-{task.name}-{h}", batch, memory),
+                            method, task, result, data_id, provenance)
+                        row["method"] = name + suffix
+                    row["config_hash"] = h
+                    row["config"] = {"suite": cfg.to_dict(), "method": method.describe(),
+                                     "budget": asdict(self.budget), "teacher_hash": teacher_hash,
+                                     "student_hash": student_hash}
+                    self.store.put(row)
+                    rows.append(row)
+                    write_leaderboard(self.store.rows(), self.results)
+                    log.info("%s / %s: %s", row["method"], key["task"],
+                             ", ".join(f"{k}={v:.2f}" for k, v in row["metrics"].items()))
         write_leaderboard(self.store.rows(), self.results)
         return rows

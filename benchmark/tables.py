@@ -19,6 +19,11 @@ MD_COLUMNS: list[tuple[str, str, str]] = [
     ("ablation.rwp", "L_rwp", "{}"),
     ("metrics.top1", "top-1 (%)", "{:.2f}"),
     ("metrics.top5", "top-5 (%)", "{:.2f}"),
+    ("metrics.mIoU", "mIoU (%)", "{:.2f}"),
+    ("metrics.AP_box", "AP box", "{:.2f}"),
+    ("metrics.AP_mask", "AP mask", "{:.2f}"),
+    ("dense.train_batch", "train batch", "{}"),
+    ("dense.train_peak_mb", "train peak mem (MB)", "{:.0f}"),
     ("efficiency.params_m", "params (M)", "{:.3f}"),
     ("efficiency.gflops", "GFLOPs", "{:.4f}"),
     ("efficiency.latency_ms_per_img", "latency (ms/img)", "{:.2f}"),
@@ -60,7 +65,8 @@ def flatten(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _section(rows: list[dict[str, Any]], primary: str) -> list[str]:
     ranked = sorted(rows, key=lambda r: -(_get(r, f"metrics.{primary}") or float("-inf")))
-    metric_cols = [c for c in MD_COLUMNS if not c[0].startswith("metrics.") or any(_get(r, c[0]) is not None for r in rows)]
+    metric_cols = [c for c in MD_COLUMNS
+                   if not c[0].startswith(("metrics.", "dense.")) or any(_get(r, c[0]) is not None for r in rows)]
     header = "| rank | " + " | ".join(h for _, h, _ in metric_cols) + " |"
     lines = [header, "|" + "---|" * (len(metric_cols) + 1)]
     for rank, row in enumerate(ranked, 1):
@@ -90,7 +96,9 @@ def render_markdown(rows: list[dict[str, Any]]) -> str:
                 "",
                 f"Ranked by {primary}. Latency: median over repeats at batch {eff.get('latency_batch', '?')}, "
                 f"{eff.get('latency_threads', '?')} threads, on {group[0].get('device', '?')}; "
-                "GFLOPs = 2 x MAC, attention included.",
+                "GFLOPs = 2 x MAC, attention included"
+                + (f"; dense models counted whole (backbone + neck + heads) at {_get(group[0], 'dense.input_size')} px"
+                   if _get(group[0], "dense.input_size") else "") + ".",
                 "",
                 *_section(group, primary),
                 "",

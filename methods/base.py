@@ -37,6 +37,8 @@ class Method:
     name: ClassVar[str] = ""
     trains: ClassVar[bool] = True
     takes_ratio: ClassVar[bool] = True  # False: the method refuses a compression ratio
+    # Why the student cannot feed a dense head (None: it can). Checked before any work starts.
+    dense_unsupported: ClassVar[str | None] = None
     options_cls: ClassVar[type[MethodOptions]] = MethodOptions
 
     def __init__(self, options: MethodOptions) -> None:

@@ -213,6 +213,10 @@ class ToMeOptions(MethodOptions):
 class ToMe(Method):
     takes_ratio = False
     trains = False
+    # ToMe's paper and this benchmark apply it to classification; a dense head would
+    # need every merged token unmerged back onto the grid (`ToMeState.unmerge`), which
+    # is not wired into the pyramid yet.
+    dense_unsupported = "token merging leaves no per-patch feature map for a dense head"
     options_cls = ToMeOptions
 
     @staticmethod

@@ -45,6 +45,11 @@ class DenseSchedule:
     checkpoint_interval: int = 0  # 0: only at the end
     log_interval: int = 50
     head_channels: int = 512  # UPerHead width; part of the architecture, kept at the paper's value
+    # Detection's RoI budget (None: the paper's 2000 / 512 / 1000). Fewer proposals and
+    # sampled RoIs change the compute, not the architecture or its parameter count.
+    rpn_train_proposals: int | None = None
+    rcnn_train_samples: int | None = None
+    rpn_test_proposals: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("length", "batch_size"):
@@ -142,3 +147,63 @@ def fit_and_test(*, model: nn.Module, scope: str, schedule: DenseSchedule, train
     metrics = runner.test()
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
     return DenseResult({k: float(v) for k, v in metrics.items()}, runner.model, time.time() - start, peak)
+
+
+class DenseInference(nn.Module):
+    """A dense model's inference path as `forward(images)`, so the efficiency measures can time and count it.
+
+    It runs the model's own `predict` (for a detector: RPN, the three cascade
+    stages, NMS and the mask head on the kept boxes), on images already
+    normalised and padded, as the data preprocessor would hand them over.
+    """
+
+    def __init__(self, model: nn.Module, sample_cls: type) -> None:
+        super().__init__()
+        self.model = model
+        self.sample_cls = sample_cls
+
+    def forward(self, x: torch.Tensor) -> Any:
+        h, w = x.shape[-2:]
+        meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), batch_input_shape=(h, w),
+                    scale_factor=(1.0, 1.0))
+        return self.model.predict(x, [self.sample_cls(metainfo=dict(meta)) for _ in range(x.shape[0])])
+
+
+def train_step(model: nn.Module, scope: str, loader_cfg: dict) -> Any:
+    """One forward + backward on one batch from `loader_cfg`, as a closure (for memory measurements).
+
+    The batch is drawn once, up front, so only the step itself is measured; the
+    gradients are dropped at the end so repeated calls start from the same state.
+    """
+    import tasks.mm  # noqa: F401
+    from mmengine.registry import DefaultScope
+    from mmengine.runner import Runner
+
+    cfg = dict(loader_cfg, num_workers=0, persistent_workers=False)
+    with DefaultScope.overwrite_default_scope(scope):
+        loader = Runner.build_dataloader(cfg, seed=0)
+        batch = next(iter(loader))
+
+    def step() -> None:
+        model.train()
+        with DefaultScope.overwrite_default_scope(scope):
+            data = model.data_preprocessor(batch, True)
+            losses = model(**data, mode="loss")
+            loss, _ = model.parse_losses(losses)
+            loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    return step
+
+
+def init_weights_quietly(model: nn.Module) -> None:
+    """mm's `init_weights`, without its per-tensor INFO report (thousands of lines for Swin-B)."""
+    from mmengine.logging import MMLogger
+
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)

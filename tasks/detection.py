@@ -21,7 +21,7 @@ from torch import nn
 
 from backbones.base import Backbone
 from common.errors import PelaBenchError
-from tasks.dense import DenseResult, DenseSchedule, fit_and_test
+from tasks.dense import DenseInference, DenseResult, DenseSchedule, fit_and_test, init_weights_quietly, train_step
 from tasks.synthetic import DET_CLASSES, read_marker
 
 log = logging.getLogger("pela_bench")
@@ -138,15 +138,15 @@ def _box_head(num_classes: int, stds: list[float], norm: dict) -> dict[str, Any]
                 loss_bbox=dict(type="GIoULoss", loss_weight=10.0))
 
 
-def _rcnn_train(iou: float) -> dict[str, Any]:
+def _rcnn_train(iou: float, samples: int) -> dict[str, Any]:
     return dict(assigner=dict(type="MaxIoUAssigner", pos_iou_thr=iou, neg_iou_thr=iou, min_pos_iou=iou,
                               match_low_quality=False, ignore_iof_thr=-1),
-                sampler=dict(type="RandomSampler", num=512, pos_fraction=0.25, neg_pos_ub=-1,
+                sampler=dict(type="RandomSampler", num=samples, pos_fraction=0.25, neg_pos_ub=-1,
                              add_gt_as_proposals=True),
                 mask_size=28, pos_weight=-1, debug=False)
 
 
-def build_detector(backbone: Backbone, num_classes: int) -> nn.Module:
+def build_detector(backbone: Backbone, num_classes: int, s: DenseSchedule) -> nn.Module:
     """mmdet's Cascade Mask R-CNN (Swin's 4conv1fc / GIoU variant) over a project backbone."""
     _register()
     import mmdet.models  # noqa: F401
@@ -185,17 +185,18 @@ def build_detector(backbone: Backbone, num_classes: int) -> nn.Module:
                      sampler=dict(type="RandomSampler", num=256, pos_fraction=0.5, neg_pos_ub=-1,
                                   add_gt_as_proposals=False),
                      allowed_border=0, pos_weight=-1, debug=False),
-            rpn_proposal=dict(nms_pre=2000, max_per_img=2000, nms=dict(type="nms", iou_threshold=0.7),
-                              min_bbox_size=0),
-            rcnn=[_rcnn_train(iou) for iou in _STAGE_IOUS]),
+            rpn_proposal=dict(nms_pre=2000, max_per_img=s.rpn_train_proposals or 2000,
+                              nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
+            rcnn=[_rcnn_train(iou, s.rcnn_train_samples or 512) for iou in _STAGE_IOUS]),
         test_cfg=dict(
-            rpn=dict(nms_pre=1000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
+            rpn=dict(nms_pre=1000, max_per_img=s.rpn_test_proposals or 1000, nms=dict(type="nms", iou_threshold=0.7),
+                     min_bbox_size=0),
             rcnn=dict(score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=100,
                       mask_thr_binary=0.5)),
     )
     with DefaultScope.overwrite_default_scope("mmdet"):
         model = MODELS.build(cfg)
-    model.init_weights()
+    init_weights_quietly(model)
     return model
 
 
@@ -227,7 +228,7 @@ class DetectionTask:
         return load_det_data(root)
 
     def build_model(self, backbone: Backbone, data: DetData, schedule: DenseSchedule) -> nn.Module:
-        return build_detector(backbone, len(data.classes))
+        return build_detector(backbone, len(data.classes), schedule)
 
     def loaders(self, data: DetData, s: DenseSchedule, *, workers: int, train_batch: int | None = None
                 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -251,6 +252,15 @@ class DetectionTask:
     def evaluator(self, data: DetData) -> dict[str, Any]:
         return dict(type="CocoMetric", ann_file=str(ann_file(data.root, "val")), metric=["bbox", "segm"],
                     format_only=False)
+
+    def inference_module(self, model: nn.Module) -> nn.Module:
+        from mmdet.structures import DetDataSample
+
+        return DenseInference(model, DetDataSample)
+
+    def train_step(self, model: nn.Module, data, s: DenseSchedule, batch_size: int):
+        train, _ = self.loaders(data, s, workers=0, train_batch=batch_size)
+        return train_step(model, self.scope, train)
 
     def run(self, backbone: Backbone, data: DetData, s: DenseSchedule, *, work_dir: Path, seed: int,
             device: torch.device, workers: int = 1, train_batch: int | None = None,

@@ -22,7 +22,7 @@ from torch import nn
 
 from backbones.base import Backbone
 from common.errors import PelaBenchError
-from tasks.dense import DenseResult, DenseSchedule, fit_and_test
+from tasks.dense import DenseInference, DenseResult, DenseSchedule, fit_and_test, init_weights_quietly, train_step
 from tasks.synthetic import SEG_CLASSES, read_marker
 
 log = logging.getLogger("pela_bench")
@@ -160,7 +160,7 @@ def build_segmentor(backbone: Backbone, num_classes: int, s: DenseSchedule) -> n
     )
     with DefaultScope.overwrite_default_scope("mmseg"):
         model = MODELS.build(cfg)
-    model.init_weights()
+    init_weights_quietly(model)
     return model
 
 
@@ -199,6 +199,15 @@ class SegmentationTask:
 
     def evaluator(self) -> dict[str, Any]:
         return dict(type="IoUMetric", iou_metrics=["mIoU"])
+
+    def inference_module(self, model: nn.Module) -> nn.Module:
+        from mmseg.structures import SegDataSample
+
+        return DenseInference(model, SegDataSample)
+
+    def train_step(self, model: nn.Module, data, s: DenseSchedule, batch_size: int):
+        train, _ = self.loaders(data, s, workers=0, train_batch=batch_size)
+        return train_step(model, self.scope, train)
 
     def run(self, backbone: Backbone, data: SegData, s: DenseSchedule, *, work_dir: Path, seed: int,
             device: torch.device, workers: int = 1, train_batch: int | None = None,

@@ -3,6 +3,12 @@
 With no arguments it runs the embedded default: the synthetic world, a small
 DeiT trained from scratch as teacher, and the Table 7 ablation rows on
 classification, in about ten minutes on a 2-core CPU.
+
+    python tools/run_suite.py --backbone swin_base --tasks seg,det
+
+runs the dense tasks (UperNet, Cascade Mask R-CNN) for the dense model, PELA,
+plain SVD and every baseline that applies, on synthetic ADE20K/COCO-format
+scenes unless --seg-root / --det-root point at the real data sets.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import time
 
 from _cli import run_main
 
-from benchmark.config import BUDGETS, SuiteConfig
+from benchmark.config import BUDGETS, DENSE_METHODS, SuiteConfig
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -42,7 +48,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[SuiteConfig, bool]:
                    help=f"comma-separated methods (default: {','.join(d.methods)}; with --ratio, those that take one)")
     p.add_argument("--tasks", type=_csv, default=d.tasks, help="comma-separated tasks (default: %(default)s)")
     p.add_argument("--ratio", type=float, default=None, help="compression ratio (default: the backbone's paper preset)")
-    p.add_argument("--data-root", default=None, help="real data in its standard layout (default: the synthetic world)")
+    p.add_argument("--data-root", default=None,
+                   help="ImageNet-layout folder for the teacher, pre-training and cls (default: the synthetic world)")
+    p.add_argument("--seg-root", default=None, help="ADE20K-layout folder for seg (default: synthetic scenes)")
+    p.add_argument("--det-root", default=None, help="COCO-layout folder for det (default: synthetic scenes)")
+    p.add_argument("--scale-batch", action="store_true",
+                   help="Table 9: also fine-tune each compressed model at the largest batch whose training peak "
+                        "memory fits the dense model's (rows '<method>+')")
     p.add_argument("--teacher-weights", default=None, help="'hub' or a checkpoint path (default: train the teacher)")
     p.add_argument("--out", default=d.out, help="checkpoints, generated data (default: %(default)s)")
     p.add_argument("--results", default=d.results, help="results store and tables (default: %(default)s)")
@@ -66,6 +78,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[SuiteConfig, bool]:
     method_names = a.methods
     if method_names is None:
         method_names = d.methods
+        from tasks import DENSE_TASKS, create_task
+
+        if all(create_task(t).name in DENSE_TASKS for t in a.tasks):
+            method_names = DENSE_METHODS  # Tables 2 and 3: the dense model, PELA, plain SVD, the baselines
         if a.ratio is not None:  # a ratio is for the factorising methods; named others are refused
             from methods import method_class
 
@@ -73,6 +89,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SuiteConfig, bool]:
             logging.getLogger("pela_bench").info("--ratio given: running %s", ", ".join(method_names))
     cfg = SuiteConfig(
         backbone=a.backbone, methods=method_names, tasks=a.tasks, ratio=a.ratio, data_root=a.data_root,
+        seg_root=a.seg_root, det_root=a.det_root, scale_batch=a.scale_batch,
         teacher_weights=a.teacher_weights, out=a.out, results=a.results, seed=a.seed, budget=a.budget,
         device=a.device, method_options=_options(a.options),
     )

@@ -18,7 +18,7 @@ def test_default_config_is_valid():
     [
         ({"backbone": "vit_giant"}, "unknown backbone 'vit_giant'"),
         ({"methods": ("pela", "zip")}, "unknown method 'zip'"),
-        ({"tasks": ("seg",)}, "not implemented yet"),
+        ({"tasks": ("vqa",)}, "not implemented yet"),
         ({"ratio": 0.5}, "--ratio"),
         ({"budget": "huge"}, "--budget"),
         ({"data_root": "/nonexistent/imagenet"}, "/nonexistent/imagenet"),

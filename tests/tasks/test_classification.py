@@ -71,6 +71,6 @@ def test_missing_root_and_split(tmp_path):
 
 def test_unknown_and_planned_tasks():
     with pytest.raises(PelaBenchError, match="not implemented yet"):
-        create_task("seg")
+        create_task("vqa")
     with pytest.raises(PelaBenchError, match="unknown task"):
         create_task("dance")

@@ -19,7 +19,7 @@ def run_tool(*args, cwd=ROOT):
     [
         (["--backbone", "deit_huge"], "unknown backbone 'deit_huge'"),
         (["--methods", "pela,nope"], "unknown method 'nope'"),
-        (["--tasks", "seg"], "task 'seg' is not implemented yet"),
+        (["--tasks", "vqa"], "task 'vqa' is not implemented yet"),
         (["--data-root", "/no/such/imagenet"], "/no/such/imagenet"),
         (["--teacher-weights", "/no/such/ckpt.pt"], "/no/such/ckpt.pt"),
         (["--ratio", "0.5"], "--ratio"),
