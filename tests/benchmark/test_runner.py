@@ -7,6 +7,7 @@ import pytest
 import benchmark.runner as runner_mod
 from benchmark.config import Budget, Schedule, SuiteConfig
 from benchmark.runner import SuiteRunner
+from tasks.dense import DenseSchedule
 
 TINY = Budget(
     name="tiny",
@@ -17,6 +18,14 @@ TINY = Budget(
     synthetic_val=16,
     eval_batch_size=16,
     latency_repeats=2,
+    seg=DenseSchedule(by_epoch=False, length=1, batch_size=2, lr=1e-4, weight_decay=0.01, warmup_iters=1,
+                      img_scale=(256, 64), crop_size=(64, 64), val_subset=2, log_interval=1),
+    det=DenseSchedule(by_epoch=False, length=1, batch_size=2, lr=1e-4, weight_decay=0.05, warmup_iters=1,
+                      img_scale=(64, 64), val_subset=2, log_interval=1, rpn_train_proposals=50,
+                      rcnn_train_samples=16, rpn_test_proposals=20),
+    dense_synthetic_train=4,
+    dense_synthetic_val=2,
+    dense_latency_repeats=1,
 )
 
 
@@ -97,3 +106,32 @@ def test_a_row_does_not_depend_on_which_other_methods_ran(tmp_path):
     after_others = lora_row(("svd", "pela", "lora"), "b")
     assert alone["loss_terms"] == after_others["loss_terms"]
     assert alone["metrics"] == after_others["metrics"]
+
+
+def test_dense_rows_with_table9_batch_scaling_then_resume(tmp_path, monkeypatch):
+    """seg rows for dense, PELA and PELA+ (larger batch within the dense model's training memory)."""
+    cfg = SuiteConfig(methods=("pela", "dense", "tome"), tasks=("seg",), scale_batch=True,
+                      out=str(tmp_path / "runs"), results=str(tmp_path / "results"))
+    rows = SuiteRunner(cfg, budget=TINY, progress=False).run()
+    by = {r["method"]: r for r in rows}
+    assert list(by) == ["dense", "pela", "pela+"]  # dense first (the memory reference); ToMe does not apply
+    for r in rows:
+        assert r["task"] == "seg" and r["provenance"] == "synthetic" and r["primary_metric"] == "mIoU"
+        assert 0 <= r["metrics"]["mIoU"] <= 100
+        assert r["efficiency"]["params_m"] > 1 and r["efficiency"]["gflops"] > 0  # backbone + neck + heads
+        assert r["dense"]["train_peak_mb"] > 0 and r["dense"]["input_size"] == 64
+    # PELA's backbone is smaller by exactly what factorisation removed; the heads are the same.
+    assert by["pela"]["efficiency"]["params_m"] < by["dense"]["efficiency"]["params_m"]
+    plus = by["pela+"]["dense"]
+    assert plus["train_batch"] >= 2 and plus["train_peak_mb"] <= plus["reference_peak_mb"]
+    assert plus["reference_peak_mb"] == pytest.approx(by["dense"]["dense"]["train_peak_mb"])
+    assert "mIoU (%)" in (tmp_path / "results" / "leaderboard.md").read_text()
+
+    def no_fine_tune(*a, **k):
+        raise AssertionError("a finished dense row ran again")
+
+    from tasks.segmentation import SegmentationTask
+
+    monkeypatch.setattr(SegmentationTask, "run", no_fine_tune)
+    again = SuiteRunner(cfg.with_(scale_batch=False), budget=TINY, progress=False).run()
+    assert {r["method"] for r in again} == {"dense", "pela"}

@@ -1,0 +1,172 @@
+"""UperNet and Cascade Mask R-CNN on synthetic ADE20K/COCO folders: train, test, resume, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from backbones import create_backbone
+from benchmark.efficiency import count_flops
+from common.errors import PelaBenchError
+from tasks.dense import DenseSchedule
+from tasks.detection import DetectionTask, audit_coco, load_det_data
+from tasks.segmentation import SegmentationTask, load_seg_data
+from tasks.synthetic import dense_world, write_detection, write_segmentation
+
+SEG = DenseSchedule(by_epoch=False, length=1, batch_size=2, lr=1e-4, weight_decay=0.01, warmup_iters=1,
+                    img_scale=(256, 64), crop_size=(64, 64), val_subset=2, log_interval=1)
+DET = DenseSchedule(by_epoch=False, length=1, batch_size=2, lr=1e-4, weight_decay=0.05, warmup_iters=1,
+                    img_scale=(64, 64), val_subset=2, log_interval=1,
+                    rpn_train_proposals=50, rcnn_train_samples=16, rpn_test_proposals=20)
+
+
+@pytest.fixture(scope="module")
+def seg_root(tmp_path_factory):
+    return write_segmentation(tmp_path_factory.mktemp("ade"), n_train=4, n_val=2, world=dense_world(64),
+                              progress=False)
+
+
+@pytest.fixture(scope="module")
+def det_root(tmp_path_factory):
+    return write_detection(tmp_path_factory.mktemp("coco"), n_train=4, n_val=2, world=dense_world(64),
+                           progress=False)
+
+
+def _copy(root, tmp_path):
+    dst = tmp_path / root.name
+    shutil.copytree(root, dst)
+    return dst
+
+
+def test_segmentation_trains_tests_and_resumes(seg_root, tmp_path):
+    task = SegmentationTask()
+    data = task.datasets(seg_root)
+    assert data.provenance == "synthetic" and data.classes[0] == "background"
+    work = tmp_path / "work"
+    first = task.run(create_backbone("deit_micro"), data, SEG, work_dir=work, seed=0, device=torch.device("cpu"),
+                     workers=0, progress=False)
+    assert set(first.metrics) == {"mIoU", "mAcc", "aAcc"}
+    assert 0.0 <= first.metrics["mIoU"] <= 100.0
+    assert (work / "last_checkpoint").is_file()
+    # A second run finds the finished checkpoint, loads it through torch's safe loader, and only tests.
+    again = task.run(create_backbone("deit_micro"), data, SEG, work_dir=work, seed=0, device=torch.device("cpu"),
+                     workers=0, progress=False)
+    assert again.metrics == pytest.approx(first.metrics)
+    # The inference path is countable: backbone + neck + UperNet head at the crop size.
+    flops = count_flops(task.inference_module(first.model), (1, 3, 64, 64), on_meta=False)
+    assert flops["flops"] > 0
+
+
+def test_detection_trains_and_reports_box_and_mask_ap(det_root, tmp_path):
+    task = DetectionTask()
+    data = task.datasets(det_root)
+    assert data.audit["val"]["images"] == 2 and data.audit["train"]["degenerate"] == 0
+    res = task.run(create_backbone("swin_micro"), data, DET, work_dir=tmp_path / "work", seed=0,
+                   device=torch.device("cpu"), workers=0, progress=False)
+    assert {"AP_box", "AP_mask", "AP50_box"} <= set(res.metrics)
+    assert all(np.isnan(v) or 0.0 <= v <= 100.0 for v in res.metrics.values())
+
+
+def test_missing_label_map_is_named(seg_root, tmp_path):
+    root = _copy(seg_root, tmp_path)
+    victim = sorted((root / "annotations" / "validation").glob("*.png"))[0]
+    victim.unlink()
+    with pytest.raises(PelaBenchError, match=victim.name):
+        load_seg_data(root)
+
+
+def test_seg_root_with_det_data_is_refused(det_root):
+    with pytest.raises(PelaBenchError, match="not segmentation|not found"):
+        load_seg_data(det_root)
+
+
+def _check_seg(results):
+    from tasks.segmentation import _register
+
+    _register()
+    from mmengine.registry import DefaultScope
+    from mmseg.registry import TRANSFORMS
+
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        return TRANSFORMS.build(dict(type="CheckSegSample", num_classes=5)).transform(results)
+
+
+def test_label_out_of_range_and_size_mismatch_are_errors_naming_the_file():
+    img = np.zeros((8, 8, 3), np.uint8)
+    ok = {"img": img, "gt_seg_map": np.full((8, 8), 255, np.uint8), "seg_map_path": "a.png", "img_path": "a.jpg",
+          "reduce_zero_label": True}
+    assert _check_seg(dict(ok)) is not None
+    bad_value = dict(ok, gt_seg_map=np.full((8, 8), 7, np.uint8))
+    with pytest.raises(PelaBenchError, match=r"a\.png: label value 8 is out of range"):
+        _check_seg(bad_value)
+    bad_size = dict(ok, gt_seg_map=np.zeros((4, 8), np.uint8))
+    with pytest.raises(PelaBenchError, match=r"a\.png: label map is 8x4"):
+        _check_seg(bad_size)
+
+
+def test_out_of_range_label_stops_a_real_run(seg_root, tmp_path):
+    root = _copy(seg_root, tmp_path)
+    for png in (root / "annotations" / "validation").glob("*.png"):
+        Image.fromarray(np.full((64, 64), 42, np.uint8)).save(png)
+    task = SegmentationTask()
+    with pytest.raises(PelaBenchError, match="out of range for 5 classes"):
+        task.run(create_backbone("deit_micro"), task.datasets(root), SEG, work_dir=tmp_path / "w", seed=0,
+                 device=torch.device("cpu"), workers=0, progress=False)
+
+
+def test_coco_audit_counts_skips_and_names_broken_files(det_root, tmp_path, caplog):
+    root = _copy(det_root, tmp_path)
+    ann = root / "annotations" / "instances_train2017.json"
+    coco = json.loads(ann.read_text())
+    first = coco["annotations"][0]
+    coco["annotations"] += [
+        dict(first, id=10_001, bbox=[5.0, 5.0, 0.0, 3.0], area=0.0),  # degenerate
+        dict(first, id=10_002, bbox=[500.0, 500.0, 10.0, 10.0], area=100.0),  # outside the 64 px image
+    ]
+    ann.write_text(json.dumps(coco))
+    with caplog.at_level(logging.WARNING, logger="pela_bench"):
+        counts = audit_coco(ann, root / "train2017")
+    assert counts["degenerate"] == 1 and counts["outside_image"] == 1
+    assert "2 of" in caplog.text and "instances_train2017.json" in caplog.text
+
+    coco["annotations"].append(dict(first, id=10_003, image_id=999_999))
+    ann.write_text(json.dumps(coco))
+    with pytest.raises(PelaBenchError, match="unknown image 999999"):
+        audit_coco(ann, root / "train2017")
+
+    ann.write_text("{not json")
+    with pytest.raises(PelaBenchError, match="cannot parse .*instances_train2017.json"):
+        audit_coco(ann, root / "train2017")
+
+    ann.unlink()
+    with pytest.raises(PelaBenchError, match="instances_train2017.json not found"):
+        load_det_data(root)
+
+
+def test_missing_coco_image_is_named(det_root, tmp_path):
+    root = _copy(det_root, tmp_path)
+    victim = sorted((root / "val2017").glob("*.jpg"))[0]
+    victim.unlink()
+    with pytest.raises(PelaBenchError, match=victim.name):
+        load_det_data(root)
+
+
+def test_image_size_differing_from_its_annotation_is_an_error():
+    from tasks.detection import _register
+
+    _register()
+    from mmdet.registry import TRANSFORMS
+    from mmengine.registry import DefaultScope
+
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        check = TRANSFORMS.build(dict(type="CheckDetSample"))
+    results = {"img": np.zeros((64, 48, 3), np.uint8), "img_path": "x.jpg", "height": 64, "width": 48}
+    assert check.transform(dict(results)) is not None
+    with pytest.raises(PelaBenchError, match=r"x\.jpg: image is 48x64 but its annotation file records 64x64"):
+        check.transform(dict(results, width=64))
