@@ -127,7 +127,11 @@ class Backbone(nn.Module):
         return self
 
     def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Four NCHW feature maps at `pyramid_strides` with `pyramid_channels` channels."""
+        """Four NCHW feature maps at `pyramid_strides` with `pyramid_channels` channels.
+
+        An input that is not a whole number of patches is padded at the bottom and
+        right first, so the maps describe the padded image (as mmseg's ViT does).
+        """
         if self.pyramid_neck is None:
             raise PelaBenchError(f"{self.info.name}: forward_pyramid needs attach_pyramid() first (dense tasks call it)")
         return list(self.pyramid_neck(self._pyramid_features(x)))

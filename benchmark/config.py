@@ -75,18 +75,18 @@ BUDGET_PRESETS: dict[str, Budget] = {
         latency_repeats=50,
         # Dense smoke runs check that the whole mm* pipeline trains, evaluates and is measured,
         # at 128 px on a 2-core CPU: a handful of iterations and a smaller RoI budget.
-        seg=DenseSchedule(by_epoch=False, length=8, batch_size=2, lr=2e-4, weight_decay=0.01, warmup_iters=2,
-                          img_scale=(512, 128), crop_size=(128, 128), val_subset=8, log_interval=2),
-        det=DenseSchedule(by_epoch=False, length=6, batch_size=2, lr=1e-4, weight_decay=0.05, warmup_iters=2,
-                          img_scale=(128, 128), val_subset=4, log_interval=2,
-                          rpn_train_proposals=200, rcnn_train_samples=64, rpn_test_proposals=100),
+        seg=DenseSchedule(by_epoch=False, length=4, batch_size=2, lr=2e-4, weight_decay=0.01, warmup_iters=2,
+                          img_scale=(512, 128), crop_size=(128, 128), val_subset=4, log_interval=1),
+        det=DenseSchedule(by_epoch=False, length=3, batch_size=2, lr=1e-4, weight_decay=0.05, warmup_iters=2,
+                          img_scale=(128, 128), val_subset=2, log_interval=1,
+                          rpn_train_proposals=200, rcnn_train_samples=64, rpn_test_proposals=50),
         dense_synthetic_train=64,
         dense_synthetic_val=16,
-        dense_latency_repeats=3,
+        dense_latency_repeats=2,
         # An 88 M-parameter Swin-B cannot be trained on a CPU in minutes; the smoke budget
         # gives it a few dozen steps, enough to exercise every stage.
-        teacher_large=Schedule(epochs=0.25, lr=5e-4, batch_size=16, warmup_epochs=0.05),
-        pretrain_large=Schedule(epochs=0.1, lr=2.5e-4, batch_size=16, warmup_epochs=0.02),
+        teacher_large=Schedule(epochs=0.1, lr=5e-4, batch_size=16, warmup_epochs=0.02),
+        pretrain_large=Schedule(epochs=0.05, lr=2.5e-4, batch_size=16, warmup_epochs=0.01),
     ),
     # The official DeiT-B recipe: 50 epochs, 4 x 64 images per step, AdamW at 5e-4 x bs/512.
     "paper": Budget(

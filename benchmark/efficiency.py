@@ -232,10 +232,12 @@ def measure_train_memory(model: nn.Module, step: Callable[[], None], device: str
 
 
 def measure_all(model: nn.Module, input_shape: Shape, *, latency_repeats: int = 20, threads: int | None = None,
-                device: str | torch.device = "cpu", flops_on_meta: bool = True) -> dict[str, float]:
+                device: str | torch.device = "cpu", flops_on_meta: bool = True,
+                latency_warmup: int = 3) -> dict[str, float]:
     """Everything a results row reports, flat: params, FLOPs, latency, peak memory."""
     flops = count_flops(model, (1, *input_shape[1:]), on_meta=flops_on_meta)
-    latency = measure_latency(model, input_shape, repeats=latency_repeats, threads=threads, device=device)
+    latency = measure_latency(model, input_shape, repeats=latency_repeats, warmup=latency_warmup, threads=threads,
+                              device=device)
     memory = measure_peak_memory(model, input_shape, device=device)
     return {
         "params_m": count_parameters(model) / 1e6,

@@ -280,7 +280,7 @@ class SuiteRunner:
         size = self.dense_input_size(s)
         efficiency = measure_all(task.inference_module(res.model), (b.latency_batch_size, 3, size, size),
                                  latency_repeats=b.dense_latency_repeats, threads=torch.get_num_threads(),
-                                 device=str(self.device), flops_on_meta=False)
+                                 device=str(self.device), flops_on_meta=False, latency_warmup=1)
         dense: dict[str, Any] = {"train_batch": batch or s.batch_size, "input_size": size, "schedule": asdict(s),
                                  "work_dir": str(work_dir), "data_audit": getattr(data, "audit", {})}
         if res.peak_memory_bytes is not None:

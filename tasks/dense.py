@@ -174,6 +174,7 @@ def train_step(model: nn.Module, scope: str, loader_cfg: dict) -> Any:
 
     The batch is drawn once, up front, so only the step itself is measured; the
     gradients are dropped at the end so repeated calls start from the same state.
+    On CUDA the step runs under bf16 autocast, as `fit_and_test`'s optimiser wrapper does.
     """
     import tasks.mm  # noqa: F401
     from mmengine.registry import DefaultScope
@@ -184,13 +185,16 @@ def train_step(model: nn.Module, scope: str, loader_cfg: dict) -> Any:
         loader = Runner.build_dataloader(cfg, seed=0)
         batch = next(iter(loader))
 
+    device_type = next(model.parameters()).device.type
+
     def step() -> None:
         model.train()
-        with DefaultScope.overwrite_default_scope(scope):
+        with DefaultScope.overwrite_default_scope(scope), \
+                torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
             data = model.data_preprocessor(batch, True)
             losses = model(**data, mode="loss")
             loss, _ = model.parse_losses(losses)
-            loss.backward()
+        loss.backward()
         model.zero_grad(set_to_none=True)
 
     return step

@@ -31,6 +31,9 @@ SPLITS = {"train": "train2017", "val": "val2017"}
 # Regression target spreads of the three cascade stages (tighter as the IoU threshold rises).
 _STAGE_STDS = ([0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067])
 _STAGE_IOUS = (0.5, 0.6, 0.7)
+# Our metric names -> mmdet's CocoMetric keys.
+_COCO_KEYS = {"AP_box": "coco/bbox_mAP", "AP50_box": "coco/bbox_mAP_50", "AP75_box": "coco/bbox_mAP_75",
+              "AP_mask": "coco/segm_mAP", "AP50_mask": "coco/segm_mAP_50", "AP75_mask": "coco/segm_mAP_75"}
 
 
 @dataclass(frozen=True)
@@ -274,8 +277,13 @@ class DetectionTask:
                               evaluator=self.evaluator(data), work_dir=work_dir, seed=seed, device=device,
                               progress=progress)
         raw = result.metrics
-        names = {"AP_box": "coco/bbox_mAP", "AP50_box": "coco/bbox_mAP_50", "AP75_box": "coco/bbox_mAP_75",
-                 "AP_mask": "coco/segm_mAP", "AP50_mask": "coco/segm_mAP_50", "AP75_mask": "coco/segm_mAP_75"}
+        if not raw:
+            # mmdet's COCO metric returns nothing when no image kept a single box above the
+            # score threshold; by definition every AP is then 0 (a short smoke run does this).
+            log.warning("det: the detector kept no box on any of the %s test images: every AP is 0",
+                        s.val_subset or "all")
+            raw = {v: 0.0 for v in _COCO_KEYS.values()}
+        names = _COCO_KEYS
         if names["AP_box"] not in raw:
             raise PelaBenchError(f"detection evaluation returned no box AP (got {sorted(raw)})")
         # pycocotools reports -1 when a split has no ground truth of a kind; keep that visible as NaN.
