@@ -135,6 +135,7 @@ def fit_and_test(*, model: nn.Module, scope: str, schedule: DenseSchedule, train
         test_cfg=dict(type="TestLoop"),
         test_evaluator=evaluator,
         default_hooks=hooks,
+        log_processor=dict(by_epoch=s.by_epoch),
         default_scope=scope,
         randomness=dict(seed=seed),
         env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl")),

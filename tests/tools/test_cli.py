@@ -24,6 +24,11 @@ def run_tool(*args, cwd=ROOT):
         (["--teacher-weights", "/no/such/ckpt.pt"], "/no/such/ckpt.pt"),
         (["--ratio", "0.5"], "--ratio"),
         (["--set", "rwp_form=cubic"], "rwp_form"),
+        (["--tasks", "seg", "--seg-root", "/no/such/ade"], "--seg-root /no/such/ade does not exist"),
+        (["--tasks", "det", "--det-root", "/no/such/coco"], "--det-root /no/such/coco does not exist"),
+        (["--tasks", "seg", "--methods", "tome"], "none of the methods tome applies to seg"),
+        (["--tasks", "seg", "--methods", "pela", "--scale-batch"], "include 'dense'"),
+        (["--tasks", "cls", "--methods", "dense,pela", "--scale-batch"], "add seg or det"),
     ],
 )
 def test_bad_input_is_one_line(args, needle, tmp_path):
