@@ -25,12 +25,25 @@ class MethodOptions:
     """Options shared by the factorising methods; subclasses add their own."""
 
     ratio: float | None = None  # None: the backbone's paper preset
+    # fnmatch patterns of the linear layers left full-rank (see `methods.lowrank.matches_any`);
+    # None: the backbone's paper preset (`info.lowrank_omit`)
+    keep_full_rank: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        k = self.keep_full_rank
+        if k is not None and (not isinstance(k, (list, tuple)) or not all(isinstance(p, str) and p for p in k)):
+            raise PelaBenchError(f"option keep_full_rank must be a list of layer-name patterns, e.g. "
+                                 f"'[\"head*\", \"norm\"]', got {k!r}")
+        if k is not None:
+            self.keep_full_rank = list(k)
 
 
 def refuse_ratio(options: MethodOptions, method: str, reason: str) -> None:
-    """For methods that do not factorise: a compression ratio is a user error, not ignored."""
+    """For methods that do not factorise: a compression ratio or full-rank list is a user error, not ignored."""
     if options.ratio is not None:
         raise PelaBenchError(f"{method} takes no compression ratio: {reason}")
+    if options.keep_full_rank is not None:
+        raise PelaBenchError(f"{method} takes no keep_full_rank: {reason}")
 
 
 class Method:
@@ -66,7 +79,11 @@ class Method:
         return {"loss": base, "base": base.detach()}
 
     def describe(self) -> dict[str, Any]:
-        return {"method": self.name, **asdict(self.options)}
+        opts = asdict(self.options)
+        if opts.get("keep_full_rank") is None:
+            # Absent at its default, so results stored before the option existed keep their config hash.
+            opts.pop("keep_full_rank", None)
+        return {"method": self.name, **opts}
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:

@@ -92,6 +92,7 @@ class PCLoRAOptions(MethodOptions):
     task_weight: float = 0.5  # CE weight; the feature-distillation MSE gets the rest
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         decay(0.0, 1.0, self.schedule)  # validates the name
         if not 0 < self.decay_fraction <= 1:
             raise PelaBenchError(f"pc_lora option decay_fraction must be in (0, 1], got {self.decay_fraction}")
@@ -112,7 +113,7 @@ class PCLoRA(Method):
 
     def build_student(self, teacher: nn.Module) -> nn.Module:
         opts: PCLoRAOptions = self.options
-        ratio, omit = _preset(teacher, opts.ratio, None)
+        ratio, omit = _preset(teacher, opts.ratio, opts.keep_full_rank)
         student = frozen_copy(teacher)
         targets = [(n, m) for n, m in student.named_modules() if type(m) is nn.Linear and not matches_any(n, omit)]
         for name, linear in targets:

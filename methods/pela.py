@@ -39,6 +39,7 @@ class PelaOptions(MethodOptions):
     rwp_form: str = "squared"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.rwp_form not in RWP_FORMS:
             raise PelaBenchError(f"pela option rwp_form={self.rwp_form!r}; choose one of {RWP_FORMS}")
         for name in ("alpha", "beta", "epsilon"):
@@ -72,7 +73,7 @@ class Pela(Method):
     options_cls = PelaOptions
 
     def build_student(self, teacher: nn.Module) -> nn.Module:
-        return factorize(frozen_copy(teacher), ratio=self.options.ratio)
+        return factorize(frozen_copy(teacher), ratio=self.options.ratio, omit=self.options.keep_full_rank)
 
     def loss(self, student: nn.Module, teacher: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         images, labels = batch

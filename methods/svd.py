@@ -22,4 +22,4 @@ class Svd(Method):
     options_cls = MethodOptions
 
     def build_student(self, teacher: nn.Module) -> nn.Module:
-        return factorize(frozen_copy(teacher), ratio=self.options.ratio)
+        return factorize(frozen_copy(teacher), ratio=self.options.ratio, omit=self.options.keep_full_rank)

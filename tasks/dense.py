@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,7 @@ def fit_and_test(*, model: nn.Module, scope: str, schedule: DenseSchedule, train
     checkpoint is loaded through torch's safe loader (see `tasks.mm.compat`).
     """
     import tasks.mm  # noqa: F401  (the ops stand-in before any mm* import)
-    from mmengine.runner import Runner
+    from tasks.mm.runner import SuiteRunner
 
     s = schedule
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -124,28 +125,32 @@ def fit_and_test(*, model: nn.Module, scope: str, schedule: DenseSchedule, train
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model = model.to(device)
-    runner = Runner(
-        model=model,
-        work_dir=str(work_dir),
-        train_dataloader=train_loader,
-        train_cfg=train_cfg,
-        optim_wrapper=optim_wrapper(s, device),
-        param_scheduler=param_schedulers(s),
-        test_dataloader=test_loader,
-        test_cfg=dict(type="TestLoop"),
-        test_evaluator=evaluator,
-        default_hooks=hooks,
-        log_processor=dict(by_epoch=s.by_epoch),
-        default_scope=scope,
-        randomness=dict(seed=seed),
-        env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl")),
-        log_level="INFO" if progress else "WARNING",
-        resume=True,
-        experiment_name=f"{scope}-{work_dir.name}-{time.strftime('%Y%m%d_%H%M%S')}-{id(model)}",
-    )
-    start = time.time()
-    runner.train()
-    metrics = runner.test()
+    # An explicit cuda:N also becomes the current device, which mmengine's AMP and logging assume.
+    on_index = torch.cuda.device(device) if device.type == "cuda" and device.index is not None else nullcontext()
+    with on_index:
+        runner = SuiteRunner(
+            device=device,
+            model=model,
+            work_dir=str(work_dir),
+            train_dataloader=train_loader,
+            train_cfg=train_cfg,
+            optim_wrapper=optim_wrapper(s, device),
+            param_scheduler=param_schedulers(s),
+            test_dataloader=test_loader,
+            test_cfg=dict(type="TestLoop"),
+            test_evaluator=evaluator,
+            default_hooks=hooks,
+            log_processor=dict(by_epoch=s.by_epoch),
+            default_scope=scope,
+            randomness=dict(seed=seed),
+            env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl")),
+            log_level="INFO" if progress else "WARNING",
+            resume=True,
+            experiment_name=f"{scope}-{work_dir.name}-{time.strftime('%Y%m%d_%H%M%S')}-{id(model)}",
+        )
+        start = time.time()
+        runner.train()
+        metrics = runner.test()
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
     return DenseResult({k: float(v) for k, v in metrics.items()}, runner.model, time.time() - start, peak)
 

@@ -113,7 +113,7 @@ def _pipelines(s: DenseSchedule, num_classes: int) -> tuple[list[dict], list[dic
     crop = s.crop_size or (s.img_scale[1], s.img_scale[1])
     train = [
         dict(type="LoadImageFromFile"),
-        dict(type="LoadAnnotations", reduce_zero_label=True),
+        dict(type="LoadAnnotations"),  # reduce_zero_label comes from the dataset
         dict(type="CheckSegSample", num_classes=num_classes),
         dict(type="RandomResize", scale=s.img_scale, ratio_range=(0.5, 2.0), keep_ratio=True),
         dict(type="RandomCrop", crop_size=crop, cat_max_ratio=0.75),
@@ -124,7 +124,7 @@ def _pipelines(s: DenseSchedule, num_classes: int) -> tuple[list[dict], list[dic
     test = [
         dict(type="LoadImageFromFile"),
         dict(type="Resize", scale=s.img_scale, keep_ratio=True),
-        dict(type="LoadAnnotations", reduce_zero_label=True),
+        dict(type="LoadAnnotations"),  # reduce_zero_label comes from the dataset
         dict(type="CheckSegSample", num_classes=num_classes),
         dict(type="PackSegInputs"),
     ]

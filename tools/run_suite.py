@@ -75,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SuiteConfig, bool]:
         print("methods:  ", ", ".join(list_methods()))
         print("tasks:    ", ", ".join(list_tasks()))
         raise SystemExit(0)
+    options = _options(a.options)
     method_names = a.methods
     if method_names is None:
         method_names = d.methods
@@ -82,16 +83,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[SuiteConfig, bool]:
 
         if all(create_task(t).name in DENSE_TASKS for t in a.tasks):
             method_names = DENSE_METHODS  # Tables 2 and 3: the dense model, PELA, plain SVD, the baselines
-        if a.ratio is not None:  # a ratio is for the factorising methods; named others are refused
+        # A ratio or a full-rank list is for the factorising methods; named others are refused.
+        if a.ratio is not None or "keep_full_rank" in options:
             from methods import method_class
 
-            method_names = tuple(m for m in d.methods if method_class(m).takes_ratio)
-            logging.getLogger("pela_bench").info("--ratio given: running %s", ", ".join(method_names))
+            method_names = tuple(m for m in method_names if method_class(m).takes_ratio)
+            logging.getLogger("pela_bench").info("factorisation set: running %s", ", ".join(method_names))
     cfg = SuiteConfig(
         backbone=a.backbone, methods=method_names, tasks=a.tasks, ratio=a.ratio, data_root=a.data_root,
         seg_root=a.seg_root, det_root=a.det_root, scale_batch=a.scale_batch,
         teacher_weights=a.teacher_weights, out=a.out, results=a.results, seed=a.seed, budget=a.budget,
-        device=a.device, method_options=_options(a.options),
+        device=a.device, method_options=options,
     )
     return cfg, a.quiet
 

@@ -44,17 +44,27 @@ def _copy(root, tmp_path):
     return dst
 
 
-def test_segmentation_trains_tests_and_resumes(seg_root, tmp_path):
+def test_segmentation_trains_tests_and_resumes(seg_root, tmp_path, monkeypatch, capsys):
     task = SegmentationTask()
     data = task.datasets(seg_root)
     assert data.provenance == "synthetic" and data.classes[0] == "background"
     work = tmp_path / "work"
     first = task.run(create_backbone("deit_micro"), data, SEG, work_dir=work, seed=0, device=torch.device("cpu"),
-                     workers=0, progress=False)
+                     workers=0, progress=True)
     assert set(first.metrics) == {"mIoU", "mAcc", "aAcc"}
     assert 0.0 <= first.metrics["mIoU"] <= 100.0
     assert (work / "last_checkpoint").is_file()
+    # The console shows training progress, not mmengine's per-parameter and environment dumps;
+    # those stay in the fine-tune's log file.
+    console = capsys.readouterr().out
+    assert "Iter(train) [1/1]" in console and "mIoU" in console
+    assert "paramwise_options" not in console and "System environment" not in console
+    log_text = "".join(f.read_text() for f in work.glob("*/*.log"))
+    assert "paramwise_options" in log_text and "System environment" in log_text
     # A second run finds the finished checkpoint, loads it through torch's safe loader, and only tests.
+    # It runs as on a GPU host (mmengine sees CUDA) and must still honour device=cpu.
+    import mmengine.runner.runner as runner_module
+    monkeypatch.setattr(runner_module, "get_device", lambda: "cuda")
     again = task.run(create_backbone("deit_micro"), data, SEG, work_dir=work, seed=0, device=torch.device("cpu"),
                      workers=0, progress=False)
     assert again.metrics == pytest.approx(first.metrics)

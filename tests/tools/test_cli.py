@@ -98,5 +98,10 @@ def test_ratio_with_default_methods_runs_the_factorising_ones():
         assert not {"lora", "tome", "tinybert", "maskalign"} & set(cfg.methods)
         cfg, _ = mod.parse_args([])
         assert "lora" in cfg.methods and cfg.ratio is None
+        # Tables 2/3's Swin: the dense-task defaults, narrowed to those that factorise.
+        cfg, _ = mod.parse_args(["--backbone", "swin_base", "--tasks", "seg,det", "--ratio", "2",
+                                 "--set", 'keep_full_rank=["head*","patch_embed*","norm","downsample*"]'])
+        assert cfg.methods == ("dense", "svd", "pela", "pc_lora")
+        assert cfg.method_options["keep_full_rank"] == ["head*", "patch_embed*", "norm", "downsample*"]
     finally:
         sys.path.remove(str(ROOT / "tools"))
