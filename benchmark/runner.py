@@ -273,10 +273,21 @@ class SuiteRunner:
             return None, None
         if scaled:
             return self.scaled_batch(task, result)
-        memory = self.train_peak(task, result, self.dense_schedule(task.name).batch_size)
+        batch = self.dense_schedule(task.name).batch_size
+        memory = self.train_peak(task, result, batch)
         if name == "dense":
             self._reference_peak[task.name] = memory
+            log.info("dense / %s: training peak %.0f MB at batch %d, the limit for the '+' rows",
+                     task.name, memory["peak_bytes"] / 2**20, batch)
         return None, memory
+
+    def _memory_fields(self, task, memory: dict[str, Any]) -> dict[str, Any]:
+        out = {"train_peak_mb": memory["peak_bytes"] / 2**20, "train_peak_method": memory["method"]}
+        ref = self._reference_peak.get(task.name)
+        if ref is not None:
+            out.update(reference_peak_mb=ref["peak_bytes"] / 2**20,
+                       reference_batch=self.dense_schedule(task.name).batch_size)
+        return out
 
     def dense_row(self, method: Method, task, result: StudentResult, work_name: str,
                   batch: int | None = None, memory: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -298,12 +309,7 @@ class SuiteRunner:
         if res.peak_memory_bytes is not None:
             dense["cuda_fit_peak_mb"] = res.peak_memory_bytes / 2**20
         if memory is not None:
-            dense["train_peak_mb"] = memory["peak_bytes"] / 2**20
-            dense["train_peak_method"] = memory["method"]
-            ref = self._reference_peak.get(task.name)
-            if ref is not None:
-                dense["reference_peak_mb"] = ref["peak_bytes"] / 2**20
-                dense["reference_batch"] = s.batch_size
+            dense.update(self._memory_fields(task, memory))
         return {"metrics": res.metrics, "efficiency": efficiency, "dense": dense, "train_seconds": res.seconds,
                 "provenance": data.provenance}
 
@@ -373,7 +379,10 @@ class SuiteRunner:
                     # so it is measured again even when the dense row itself is stored.
                     needs_reference = (dense and cfg.scale_batch and name == "dense"
                                        and task.name not in self._reference_peak)
-                    if existing is not None and not needs_reference:
+                    # A row stored by a run without --scale-batch gains its training peak without re-training.
+                    needs_peak = (dense and cfg.scale_batch and existing is not None
+                                  and "train_peak_mb" not in existing.get("dense", {}))
+                    if existing is not None and not (needs_reference or needs_peak):
                         log.info("%s / %s: row exists, skipped", name + suffix, key["task"])
                         rows.append(existing)
                         continue
@@ -383,7 +392,9 @@ class SuiteRunner:
                         row = self.row(method, task_name, result, data, data_id)
                     else:
                         batch, memory = self.dense_memory(name, task, result, scaled=bool(scaled))
-                        if existing is not None:  # only the reference peak was missing
+                        if existing is not None:  # only the training peak was missing
+                            existing["dense"].update(self._memory_fields(task, memory))
+                            self.store.put(existing)
                             rows.append(existing)
                             continue
                         row = self._finish_row(

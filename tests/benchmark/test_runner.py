@@ -7,6 +7,7 @@ import pytest
 import benchmark.runner as runner_mod
 from benchmark.config import Budget, Schedule, SuiteConfig
 from benchmark.runner import SuiteRunner
+from benchmark.store import ResultStore
 from tasks.dense import DenseSchedule
 
 TINY = Budget(
@@ -109,12 +110,31 @@ def test_a_row_does_not_depend_on_which_other_methods_ran(tmp_path):
 
 
 def test_dense_rows_with_table9_batch_scaling_then_resume(tmp_path, monkeypatch):
-    """seg rows for dense, PELA and PELA+ (larger batch within the dense model's training memory)."""
-    cfg = SuiteConfig(methods=("pela", "dense", "tome"), tasks=("seg",), scale_batch=True,
+    """seg rows for dense and PELA, then PELA+ (larger batch within the dense model's training memory)."""
+    from tasks.segmentation import SegmentationTask
+
+    cfg = SuiteConfig(methods=("pela", "dense", "tome"), tasks=("seg",), scale_batch=False,
                       out=str(tmp_path / "runs"), results=str(tmp_path / "results"))
-    rows = SuiteRunner(cfg, budget=TINY, progress=False).run()
+    first = {r["method"]: r for r in SuiteRunner(cfg, budget=TINY, progress=False).run()}
+    assert set(first) == {"dense", "pela"}  # ToMe does not apply to dense tasks
+    assert all("train_peak_mb" not in r["dense"] for r in first.values())
+
+    # With --scale-batch the stored rows gain their training peak without a second fine-tune;
+    # only PELA+ trains.
+    fine_tunes = []
+    real_run = SegmentationTask.run
+
+    def counting_run(self, *a, **k):
+        fine_tunes.append(k.get("train_batch"))
+        return real_run(self, *a, **k)
+
+    monkeypatch.setattr(SegmentationTask, "run", counting_run)
+    rows = SuiteRunner(cfg.with_(scale_batch=True), budget=TINY, progress=False).run()
     by = {r["method"]: r for r in rows}
-    assert list(by) == ["dense", "pela", "pela+"]  # dense first (the memory reference); ToMe does not apply
+    assert list(by) == ["dense", "pela", "pela+"]  # dense first: it is the memory reference
+    assert len(fine_tunes) == 1 and fine_tunes[0] >= 2
+    for name in ("dense", "pela"):
+        assert by[name]["metrics"] == first[name]["metrics"] and by[name]["timestamp"] == first[name]["timestamp"]
     for r in rows:
         assert r["task"] == "seg" and r["provenance"] == "synthetic" and r["primary_metric"] == "mIoU"
         assert 0 <= r["metrics"]["mIoU"] <= 100
@@ -123,15 +143,16 @@ def test_dense_rows_with_table9_batch_scaling_then_resume(tmp_path, monkeypatch)
     # PELA's backbone is smaller by exactly what factorisation removed; the heads are the same.
     assert by["pela"]["efficiency"]["params_m"] < by["dense"]["efficiency"]["params_m"]
     plus = by["pela+"]["dense"]
-    assert plus["train_batch"] >= 2 and plus["train_peak_mb"] <= plus["reference_peak_mb"]
+    assert plus["train_batch"] == fine_tunes[0] and plus["train_peak_mb"] <= plus["reference_peak_mb"]
     assert plus["reference_peak_mb"] == pytest.approx(by["dense"]["dense"]["train_peak_mb"])
-    assert "mIoU (%)" in (tmp_path / "results" / "leaderboard.md").read_text()
+    board = (tmp_path / "results" / "leaderboard.md").read_text()
+    assert "mIoU (%)" in board and "| pela+ |" in board
+    stored = {r["method"]: r for r in ResultStore(tmp_path / "results" / "results.jsonl").rows()}
+    assert "train_peak_mb" in stored["pela"]["dense"]
 
     def no_fine_tune(*a, **k):
         raise AssertionError("a finished dense row ran again")
 
-    from tasks.segmentation import SegmentationTask
-
     monkeypatch.setattr(SegmentationTask, "run", no_fine_tune)
-    again = SuiteRunner(cfg.with_(scale_batch=False), budget=TINY, progress=False).run()
-    assert {r["method"] for r in again} == {"dense", "pela"}
+    again = SuiteRunner(cfg.with_(scale_batch=True), budget=TINY, progress=False).run()
+    assert {r["method"] for r in again} == {"dense", "pela", "pela+"}
