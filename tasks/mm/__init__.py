@@ -14,6 +14,6 @@ from tasks.mm import compat as _compat  # noqa: E402  (must follow the ops stand
 
 _compat.allow_mmengine_checkpoints()
 
-from tasks.mm.adapter import PelaBackbone, dense_model_params  # noqa: E402
+from tasks.mm.adapter import PelaBackbone  # noqa: E402
 
-__all__ = ["PelaBackbone", "dense_model_params"]
+__all__ = ["PelaBackbone"]

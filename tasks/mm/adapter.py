@@ -6,7 +6,6 @@ import torch
 from mmdet.registry import MODELS as DET_MODELS
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS as SEG_MODELS
-from torch import nn
 
 from backbones.base import Backbone
 from common.errors import PelaBenchError
@@ -40,13 +39,3 @@ class PelaBackbone(BaseModule):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(self.body.forward_pyramid(x))
 
-
-def dense_model_params(model: nn.Module) -> int:
-    """Parameters of a dense model (backbone + neck + heads), counting shared tensors once."""
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total

@@ -14,13 +14,7 @@ from methods import create_method, lowrank_modules
 SIZES = (64, 96, 100)  # 100 px is not a multiple of deit_micro's 8 px patch (nor of swin_micro's stride 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Micro models gain nothing from intra-op threads, and lose a lot to them on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def make(name, **overrides):

@@ -20,13 +20,7 @@ from tasks.mm import ops
 from tasks.mm.ops import UnsupportedOpError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Micro models gain nothing from intra-op threads, and lose a lot to them on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def random_boxes(n=60, seed=0):
