@@ -99,10 +99,24 @@ def audit_coco(path: Path, img_dir: Path) -> dict[str, int]:
 def _register() -> None:
     import tasks.mm  # noqa: F401
     from mmcv.transforms import BaseTransform
-    from mmdet.registry import TRANSFORMS
+    from mmdet.evaluation import CocoMetric
+    from mmdet.registry import METRICS, TRANSFORMS
 
     if TRANSFORMS.get("CheckDetSample") is not None:
         return
+
+    @METRICS.register_module()
+    class EvaluatedImagesCocoMetric(CocoMetric):
+        """mmdet's COCO metric, scored over the images that were evaluated.
+
+        `CocoMetric` scores against every image of its annotation file, so with a
+        validation subset (`val_subset`, the smoke budget) the ground truth of the
+        images never shown to the model would count as misses.
+        """
+
+        def compute_metrics(self, results: list) -> dict[str, float]:
+            self.img_ids = sorted({gt["img_id"] for gt, _ in results})
+            return super().compute_metrics(results)
 
     @TRANSFORMS.register_module()
     class CheckDetSample(BaseTransform):
@@ -113,7 +127,8 @@ def _register() -> None:
         """
 
         def transform(self, results: dict) -> dict:
-            h, w = results["img"].shape[:2]
+            # The size as read from disk: the test pipeline checks after its Resize.
+            h, w = results.get("ori_shape") or results["img"].shape[:2]
             if (results.get("height"), results.get("width")) != (h, w):
                 raise PelaBenchError(f"{results['img_path']}: image is {w}x{h} but its annotation file records "
                                      f"{results.get('width')}x{results.get('height')}")
@@ -252,9 +267,10 @@ class DetectionTask:
                     sampler=dict(type="DefaultSampler", shuffle=False), dataset=val_ds)
         return train, test
 
-    def evaluator(self, data: DetData) -> dict[str, Any]:
-        return dict(type="CocoMetric", ann_file=str(ann_file(data.root, "val")), metric=["bbox", "segm"],
-                    format_only=False)
+    def evaluator(self, data: DetData, s: DenseSchedule) -> dict[str, Any]:
+        # mmdet's own metric on the full split; on a subset, the one that scores only what was evaluated.
+        return dict(type="EvaluatedImagesCocoMetric" if s.val_subset else "CocoMetric",
+                    ann_file=str(ann_file(data.root, "val")), metric=["bbox", "segm"], format_only=False)
 
     def inference_module(self, model: nn.Module) -> nn.Module:
         from mmdet.structures import DetDataSample
@@ -274,7 +290,7 @@ class DetectionTask:
         model = self.build_model(backbone, data, s)
         train, test = self.loaders(data, s, workers=workers, train_batch=train_batch)
         result = fit_and_test(model=model, scope=self.scope, schedule=s, train_loader=train, test_loader=test,
-                              evaluator=self.evaluator(data), work_dir=work_dir, seed=seed, device=device,
+                              evaluator=self.evaluator(data, s), work_dir=work_dir, seed=seed, device=device,
                               progress=progress)
         raw = result.metrics
         if not raw:

@@ -69,7 +69,8 @@ def _register() -> None:
 
         def transform(self, results: dict) -> dict:
             seg = results["gt_seg_map"]
-            img_hw = tuple(results["img"].shape[:2])
+            # The size as read from disk: the test pipeline loads the label map after its Resize.
+            img_hw = tuple(results.get("ori_shape") or results["img"].shape[:2])
             if tuple(seg.shape[:2]) != img_hw:
                 raise PelaBenchError(f"{results['seg_map_path']}: label map is {seg.shape[1]}x{seg.shape[0]}, "
                                      f"image {results['img_path']} is {img_hw[1]}x{img_hw[0]}")

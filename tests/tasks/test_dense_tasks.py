@@ -19,10 +19,11 @@ from tasks.detection import DetectionTask, audit_coco, load_det_data
 from tasks.segmentation import SegmentationTask, load_seg_data
 from tasks.synthetic import dense_world, write_detection, write_segmentation
 
+# Test-time scales differ from the 64-px scenes, so the checks run on resized images as with real data.
 SEG = DenseSchedule(by_epoch=False, length=1, batch_size=2, lr=1e-4, weight_decay=0.01, warmup_iters=1,
-                    img_scale=(256, 64), crop_size=(64, 64), val_subset=2, log_interval=1)
+                    img_scale=(256, 80), crop_size=(64, 64), val_subset=2, log_interval=1)
 DET = DenseSchedule(by_epoch=False, length=1, batch_size=2, lr=1e-4, weight_decay=0.05, warmup_iters=1,
-                    img_scale=(64, 64), val_subset=2, log_interval=1,
+                    img_scale=(80, 80), val_subset=2, log_interval=1,
                     rpn_train_proposals=50, rcnn_train_samples=16, rpn_test_proposals=20)
 
 
@@ -81,6 +82,39 @@ def test_detection_trains_and_reports_box_and_mask_ap(det_root, tmp_path):
                    device=torch.device("cpu"), workers=0, progress=False)
     assert {"AP_box", "AP_mask", "AP50_box"} <= set(res.metrics)
     assert all(np.isnan(v) or 0.0 <= v <= 100.0 for v in res.metrics.values())
+
+
+def test_coco_metric_on_a_validation_subset_scores_only_the_evaluated_images(tmp_path):
+    """The ground truth fed back as predictions for 2 of 4 images scores 100 box and mask AP."""
+    from pycocotools.coco import COCO
+
+    from tasks.detection import _register, ann_file
+
+    _register()
+    from mmdet.registry import METRICS
+    from mmengine.registry import DefaultScope
+
+    root = write_detection(tmp_path / "coco", n_train=1, n_val=4, world=dense_world(64), progress=False)
+    data = load_det_data(root)
+    coco = COCO(str(ann_file(root, "val")))
+    names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+    samples = []
+    for img_id in sorted(coco.getImgIds())[:2]:
+        img = coco.loadImgs(img_id)[0]
+        anns = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=img_id)) if not a.get("iscrowd", 0)]
+        assert anns
+        boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                              for a in anns], dtype=torch.float32)
+        samples.append({"img_id": img_id, "ori_shape": (img["height"], img["width"]), "pred_instances": {
+            "bboxes": boxes, "scores": torch.ones(len(anns)),
+            "labels": torch.tensor([data.classes.index(names[a["category_id"]]) for a in anns]),
+            "masks": torch.from_numpy(np.stack([coco.annToMask(a) for a in anns]).astype(bool))}})
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        metric = METRICS.build(DetectionTask().evaluator(data, DET))
+    metric.dataset_meta = {"classes": data.classes}
+    metric.process({}, samples)
+    scores = metric.evaluate(len(samples))
+    assert scores["coco/bbox_mAP"] == pytest.approx(1.0) and scores["coco/segm_mAP"] == pytest.approx(1.0)
 
 
 def test_missing_label_map_is_named(seg_root, tmp_path):
