@@ -54,6 +54,21 @@ class Budget:
     teacher_large: Schedule | None = None
     pretrain_large: Schedule | None = None
 
+    def for_task(self, task: str) -> dict[str, Any]:
+        """The budget as one task's rows depend on it, for their config hash.
+
+        The other tasks' schedules are left out, so a new detection schedule does not
+        re-run segmentation or classification rows (each can take days at paper scale).
+        """
+        out = asdict(self)
+        if task == "cls":
+            drop = ("seg", "det", "dense_synthetic_train", "dense_synthetic_val", "dense_latency_repeats")
+        else:
+            drop = tuple({"seg", "det"} - {task})
+        for name in drop:
+            out.pop(name)
+        return out
+
     def teacher_for(self, n_params: int) -> Schedule:
         return self.teacher_large if self.teacher_large is not None and n_params > LARGE_PARAMS else self.teacher
 

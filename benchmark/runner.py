@@ -79,6 +79,7 @@ class SuiteRunner:
             self.backbone_params = count_parameters(create_backbone(cfg.backbone))
         self._dense_data: dict[str, Any] = {}
         self._reference_peak: dict[str, dict[str, Any]] = {}  # task -> the dense model's training peak
+        self._peaks: dict[tuple[str, str, int], dict[str, Any]] = {}  # (method, task, batch) -> training peak
 
     # -- stage 0: data ---------------------------------------------------------------
     def data_root(self) -> Path:
@@ -239,8 +240,14 @@ class SuiteRunner:
             p.requires_grad_(True)  # every method's student is fine-tuned whole downstream
         return backbone
 
-    def train_peak(self, task, result: StudentResult, batch: int) -> dict[str, Any]:
-        """Peak memory of one dense training step of this student at `batch` (Table 9)."""
+    def train_peak(self, name: str, task, result: StudentResult, batch: int) -> dict[str, Any]:
+        """Peak memory of one dense training step of method `name`'s student at `batch` (Table 9)."""
+        key = (name, task.name, batch)
+        if key not in self._peaks:
+            self._peaks[key] = self._measure_train_peak(task, result, batch)
+        return self._peaks[key]
+
+    def _measure_train_peak(self, task, result: StudentResult, batch: int) -> dict[str, Any]:
         s = self.dense_schedule(task.name)
         data = self.dense_data(task)
         seed_everything(self.cfg.seed)
@@ -252,15 +259,15 @@ class SuiteRunner:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def scaled_batch(self, task, result: StudentResult) -> tuple[int, dict[str, Any]]:
+    def scaled_batch(self, name: str, task, result: StudentResult) -> tuple[int, dict[str, Any]]:
         """The largest batch (up to twice the schedule's) whose training peak fits the dense model's."""
         limit = self._reference_peak[task.name]["peak_bytes"]
         base = self.dense_schedule(task.name).batch_size
-        best, best_mem = base, self.train_peak(task, result, base)
+        best, best_mem = base, self.train_peak(name, task, result, base)
         if best_mem["peak_bytes"] > limit:
             return base, best_mem  # does not even fit at the base batch; reported as is
         for batch in range(base + 1, 2 * base + 1):
-            mem = self.train_peak(task, result, batch)
+            mem = self.train_peak(name, task, result, batch)
             if mem["peak_bytes"] > limit:
                 break
             best, best_mem = batch, mem
@@ -272,9 +279,9 @@ class SuiteRunner:
         if not self.cfg.scale_batch:
             return None, None
         if scaled:
-            return self.scaled_batch(task, result)
+            return self.scaled_batch(name, task, result)
         batch = self.dense_schedule(task.name).batch_size
-        memory = self.train_peak(task, result, batch)
+        memory = self.train_peak(name, task, result, batch)
         if name == "dense":
             self._reference_peak[task.name] = memory
             log.info("dense / %s: training peak %.0f MB at batch %d, the limit for the '+' rows",
@@ -310,8 +317,7 @@ class SuiteRunner:
             dense["cuda_fit_peak_mb"] = res.peak_memory_bytes / 2**20
         if memory is not None:
             dense.update(self._memory_fields(task, memory))
-        return {"metrics": res.metrics, "efficiency": efficiency, "dense": dense, "train_seconds": res.seconds,
-                "provenance": data.provenance}
+        return {"metrics": res.metrics, "efficiency": efficiency, "dense": dense, "train_seconds": res.seconds}
 
     def _finish_row(self, row: dict[str, Any], method: Method, task, result: StudentResult, data_id: str,
                     provenance: str) -> dict[str, Any]:
@@ -348,6 +354,9 @@ class SuiteRunner:
                 img_size = create_backbone(cfg.backbone).info.img_size
         data = cls_task.datasets(root, img_size)
         data_id = f"{data.provenance}:{root}"
+        for task_name in cfg.tasks:  # bad dense data must stop the run before the teacher trains
+            if create_task(task_name).name in DENSE_TASKS:
+                self.dense_data(create_task(task_name))
         teacher, teacher_hash = self.teacher(data, data_id)
         rows = []
         # The dense model goes first: with --scale-batch its training peak is the others' limit.
@@ -371,7 +380,7 @@ class SuiteRunner:
                         provenance = "synthetic"  # a row is real only if all the data behind it is
                     key = {"backbone": cfg.backbone, "method": name + suffix, "task": task.name, "seed": cfg.seed,
                            "provenance": provenance}
-                    h = config_hash({"student": student_hash, "task": key["task"], "budget": self.budget,
+                    h = config_hash({"student": student_hash, "task": key["task"], "budget": self.budget.for_task(task.name),
                                      "device": str(self.device), "variant": suffix,
                                      "data": self.dense_data(task).root if dense else None})
                     existing = self.store.find(row_id(key), h)
@@ -392,6 +401,10 @@ class SuiteRunner:
                         row = self.row(method, task_name, result, data, data_id)
                     else:
                         batch, memory = self.dense_memory(name, task, result, scaled=bool(scaled))
+                        if scaled and batch == self.dense_schedule(task.name).batch_size:
+                            log.info("%s+ / %s: no larger batch fits the dense model's %.0f MB; no '+' row",
+                                     name, task.name, self._reference_peak[task.name]["peak_bytes"] / 2**20)
+                            continue
                         if existing is not None:  # only the training peak was missing
                             existing["dense"].update(self._memory_fields(task, memory))
                             self.store.put(existing)

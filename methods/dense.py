@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from methods.base import Method, register_method
@@ -15,3 +17,8 @@ class Dense(Method):
 
     def build_student(self, teacher: nn.Module) -> nn.Module:
         return teacher
+
+    def describe(self) -> dict[str, Any]:
+        # The teacher is the same model at any ratio or full-rank list: a run with --ratio must not
+        # fine-tune it again. `ratio: None` keeps the config hash of rows stored before this existed.
+        return {"method": self.name, "ratio": None}

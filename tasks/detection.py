@@ -66,6 +66,10 @@ def audit_coco(path: Path, img_dir: Path) -> dict[str, int]:
     for key in ("images", "annotations", "categories"):
         if key not in coco:
             raise PelaBenchError(f"detection data: {path} has no '{key}' list")
+    for img in coco["images"]:
+        if not isinstance(img, dict) or not {"id", "file_name", "width", "height"} <= set(img):
+            raise PelaBenchError(f"detection data: {path}: image entry {img!r:.200} lacks one of id, file_name, "
+                                 "width, height")
     images = {img["id"]: img for img in coco["images"]}
     cats = {c["id"] for c in coco["categories"]}
     missing = [img["file_name"] for img in coco["images"] if not (img_dir / img["file_name"]).is_file()]
@@ -82,7 +86,11 @@ def audit_coco(path: Path, img_dir: Path) -> dict[str, int]:
         if ann.get("category_id") not in cats:
             raise PelaBenchError(f"detection data: {path}: annotation {ann.get('id')} has unknown category "
                                  f"{ann.get('category_id')}")
-        x, y, w, h = ann["bbox"]
+        try:
+            x, y, w, h = (float(v) for v in ann["bbox"])
+        except (KeyError, TypeError, ValueError):
+            raise PelaBenchError(f"detection data: {path}: annotation {ann.get('id')} has no valid bbox "
+                                 f"[x, y, width, height] (got {ann.get('bbox')!r})") from None
         if ann.get("iscrowd", 0):
             counts["crowd"] += 1  # ignored regions, as in COCO
         elif w < 1 or h < 1 or ann.get("area", w * h) <= 0:

@@ -6,6 +6,7 @@ import pytest
 
 import benchmark.runner as runner_mod
 from benchmark.config import Budget, Schedule, SuiteConfig
+from benchmark.efficiency import count_parameters
 from benchmark.runner import SuiteRunner
 from benchmark.store import ResultStore
 from tasks.dense import DenseSchedule
@@ -113,10 +114,10 @@ def test_dense_rows_with_table9_batch_scaling_then_resume(tmp_path, monkeypatch)
     """seg rows for dense and PELA, then PELA+ (larger batch within the dense model's training memory)."""
     from tasks.segmentation import SegmentationTask
 
-    cfg = SuiteConfig(methods=("pela", "dense", "tome"), tasks=("seg",), scale_batch=False,
+    cfg = SuiteConfig(methods=("pela", "dense", "tome", "lora"), tasks=("seg",), scale_batch=False,
                       out=str(tmp_path / "runs"), results=str(tmp_path / "results"))
     first = {r["method"]: r for r in SuiteRunner(cfg, budget=TINY, progress=False).run()}
-    assert set(first) == {"dense", "pela"}  # ToMe does not apply to dense tasks
+    assert set(first) == {"dense", "pela", "lora"}  # ToMe does not apply to dense tasks
     assert all("train_peak_mb" not in r["dense"] for r in first.values())
 
     # With --scale-batch the stored rows gain their training peak without a second fine-tune;
@@ -129,11 +130,30 @@ def test_dense_rows_with_table9_batch_scaling_then_resume(tmp_path, monkeypatch)
         return real_run(self, *a, **k)
 
     monkeypatch.setattr(SegmentationTask, "run", counting_run)
+
+    # Every peak is measured for real, but the search runs on a modelled one (16 B per parameter
+    # + 300 kB per image): at these micro sizes one more image's activations outweigh what
+    # factorising saves, so with real peaks no larger batch would ever fit.
+    real_measure = SuiteRunner._measure_train_peak
+    measured = {}
+
+    def modelled_peak(self, task, result, batch):
+        n = count_parameters(result.model)
+        measured[n, batch] = real_measure(self, task, result, batch)["peak_bytes"]
+        return {"peak_bytes": 16 * n + 300_000 * batch, "method": "modelled"}
+
+    monkeypatch.setattr(SuiteRunner, "_measure_train_peak", modelled_peak)
     rows = SuiteRunner(cfg.with_(scale_batch=True), budget=TINY, progress=False).run()
+    assert all(v > 0 for v in measured.values())
+    n_pela = max(n for n, b in measured if b == 4)
+    assert measured[n_pela, 4] > measured[n_pela, 2]  # activations grow with the batch
     by = {r["method"]: r for r in rows}
-    assert list(by) == ["dense", "pela", "pela+"]  # dense first: it is the memory reference
-    assert len(fine_tunes) == 1 and fine_tunes[0] >= 2
-    for name in ("dense", "pela"):
+    # dense first: it is the memory reference. LoRA's model is larger than the dense one, so no
+    # larger batch fits and it gets no '+' row (it would only repeat its plain row).
+    assert list(by) == ["dense", "pela", "pela+", "lora"]
+    assert by["lora"]["dense"]["train_peak_mb"] > by["dense"]["dense"]["train_peak_mb"]
+    assert fine_tunes == [4]  # the largest batch within the dense model's peak, capped at twice the schedule's
+    for name in ("dense", "pela", "lora"):
         assert by[name]["metrics"] == first[name]["metrics"] and by[name]["timestamp"] == first[name]["timestamp"]
     for r in rows:
         assert r["task"] == "seg" and r["provenance"] == "synthetic" and r["primary_metric"] == "mIoU"
@@ -155,4 +175,46 @@ def test_dense_rows_with_table9_batch_scaling_then_resume(tmp_path, monkeypatch)
 
     monkeypatch.setattr(SegmentationTask, "run", no_fine_tune)
     again = SuiteRunner(cfg.with_(scale_batch=True), budget=TINY, progress=False).run()
-    assert {r["method"] for r in again} == {"dense", "pela", "pela+"}
+    assert {r["method"] for r in again} == {"dense", "pela", "pela+", "lora"}
+
+
+def test_real_task_data_after_synthetic_pretraining_is_a_synthetic_row_and_resumes(tmp_path, monkeypatch):
+    """A row is real only if all its data is; it is found again under that label, and other
+    tasks' schedules do not enter its config hash."""
+    from dataclasses import replace
+
+    from tasks.segmentation import SegmentationTask
+    from tasks.synthetic import MARKER_FILE, dense_world, write_segmentation
+
+    ade = write_segmentation(tmp_path / "ade", n_train=4, n_val=2, world=dense_world(64), progress=False)
+    (ade / MARKER_FILE).unlink()  # now read as real ADE20K (mmseg's class list)
+    cfg = SuiteConfig(methods=("dense",), tasks=("seg",), seg_root=str(ade), out=str(tmp_path / "runs"),
+                      results=str(tmp_path / "results"))
+    (row,) = SuiteRunner(cfg, budget=TINY, progress=False).run()
+    assert row["provenance"] == "synthetic"  # the teacher learnt on the synthetic world
+
+    def no_fine_tune(*a, **k):
+        raise AssertionError("a finished dense row ran again")
+
+    monkeypatch.setattr(SegmentationTask, "run", no_fine_tune)
+    longer_det = replace(TINY, det=replace(TINY.det, length=5))
+    (again,) = SuiteRunner(cfg, budget=longer_det, progress=False).run()
+    assert again["timestamp"] == row["timestamp"]
+
+
+def test_bad_dense_data_stops_the_run_before_the_teacher_trains(tmp_path, monkeypatch):
+    from common.errors import PelaBenchError
+    from tasks.synthetic import dense_world, write_segmentation
+
+    ade = write_segmentation(tmp_path / "ade", n_train=2, n_val=2, world=dense_world(64), progress=False)
+    victim = sorted((ade / "annotations" / "training").glob("*.png"))[0]
+    victim.unlink()
+
+    def no_training(*a, **k):
+        raise AssertionError("the teacher trained before the data was checked")
+
+    monkeypatch.setattr(runner_mod, "train", no_training)
+    cfg = SuiteConfig(methods=("dense",), tasks=("seg",), seg_root=str(ade), out=str(tmp_path / "runs"),
+                      results=str(tmp_path / "results"))
+    with pytest.raises(PelaBenchError, match=victim.name):
+        SuiteRunner(cfg, budget=TINY, progress=False).run()

@@ -179,9 +179,15 @@ def test_coco_audit_counts_skips_and_names_broken_files(det_root, tmp_path, capl
     assert counts["degenerate"] == 1 and counts["outside_image"] == 1
     assert "2 of" in caplog.text and "instances_train2017.json" in caplog.text
 
-    coco["annotations"].append(dict(first, id=10_003, image_id=999_999))
-    ann.write_text(json.dumps(coco))
-    with pytest.raises(PelaBenchError, match="unknown image 999999"):
+    for broken, needle in ((dict(first, id=10_003, image_id=999_999), "unknown image 999999"),
+                           (dict(first, id=10_004, bbox=[1.0, 2.0, 3.0]), "annotation 10004 has no valid bbox"),
+                           ({k: v for k, v in first.items() if k != "bbox"}, "has no valid bbox")):
+        ann.write_text(json.dumps(dict(coco, annotations=coco["annotations"] + [broken])))
+        with pytest.raises(PelaBenchError, match=needle):
+            audit_coco(ann, root / "train2017")
+    image = {k: v for k, v in coco["images"][0].items() if k != "width"}
+    ann.write_text(json.dumps(dict(coco, images=[image] + coco["images"][1:])))
+    with pytest.raises(PelaBenchError, match="instances_train2017.json: image entry .* lacks one of"):
         audit_coco(ann, root / "train2017")
 
     ann.write_text("{not json")
