@@ -380,7 +380,8 @@ class SuiteRunner:
                         provenance = "synthetic"  # a row is real only if all the data behind it is
                     key = {"backbone": cfg.backbone, "method": name + suffix, "task": task.name, "seed": cfg.seed,
                            "provenance": provenance}
-                    h = config_hash({"student": student_hash, "task": key["task"], "budget": self.budget.for_task(task.name),
+                    h = config_hash({"student": student_hash, "task": key["task"],
+                                     "budget": self.budget.for_task(task.name),
                                      "device": str(self.device), "variant": suffix,
                                      "data": self.dense_data(task).root if dense else None})
                     existing = self.store.find(row_id(key), h)
