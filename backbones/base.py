@@ -1,13 +1,25 @@
 """The backbone contract every family implements.
 
-A `Backbone` wraps one timm-style network and exposes what the benchmark needs:
-every block's output (the distillation targets), the logits, and the metadata of
-the paper preset (compression ratio and the layers it keeps full-rank).
+A `Backbone` wraps one network and declares its own structure, so generic code
+(methods, tasks, the suite) asks instead of reaching into timm internals:
+
+- `features` / `capture_features`: the hidden states to distil, as named groups
+  (``{"blocks": [...]}`` for a ViT or Swin; a vision-language model adds its own
+  groups such as ``"text"`` and ``"fusion"``);
+- `stages`: the block containers a depth-halved student thins out (TinyBERT, MaskAlign);
+- `attention_modules` / `attention_scores`: the attention layers whose scores can be read;
+- `token_encoder`: the plain ViT whose tokens ToMe may merge;
+- `forward_pyramid`: four feature maps for dense prediction heads;
+- `BackboneInfo`: the paper preset (`paper_ratio`, `lowrank_omit`), the linear
+  layers adapters target, the classifier, the pre-training task, and which of the
+  capabilities above exist, so a method can refuse a backbone before any work.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -18,7 +30,7 @@ from common.errors import PelaBenchError
 @dataclass(frozen=True)
 class BackboneInfo:
     name: str
-    family: str
+    family: str  # descriptive only ("vit", "swin"); generic code asks the capabilities below
     embed_dims: tuple[int, ...]
     depth: int
     img_size: int
@@ -28,27 +40,51 @@ class BackboneInfo:
     paper_ratio: float
     lowrank_omit: tuple[str, ...] = field(default_factory=tuple)
     hub_name: str | None = None
+    # The task whose objective trains the teacher and pre-trains every student.
+    pretrain_task: str = "cls"
+    # fnmatch patterns of the linear layers adapter methods (LoRA) attach to, and the
+    # classifier's module names (trained alongside adapters, dropped by dense heads).
+    adapter_targets: tuple[str, ...] = field(default_factory=tuple)
+    classifier: tuple[str, ...] = ("head",)
+    # Capabilities; False means the method that needs one refuses this backbone up front.
+    feature_groups: tuple[str, ...] = ("blocks",)
+    halvable_stages: bool = False  # `stages()` holds `.blocks` sequences a student may thin
+    attention_scores: bool = False  # `attention_scores()` can read pre-softmax scores
+    token_merging: bool = False  # `token_encoder()` is a plain timm ViT
+    # How a masked-image student sees an image: "drop" (only visible tokens enter the
+    # encoder, a ViT) or "mask_token" (hidden patches replaced by a token, a Swin).
+    masking: str | None = None
 
 
 class Backbone(nn.Module):
     """A wrapped network plus its metadata.
 
-    Subclasses say which modules are the transformer blocks (`blocks()`); block
-    outputs are collected with forward hooks so the wrapped model's own forward
-    (and its fused kernels) runs unchanged.
+    Block outputs are collected with forward hooks, so the wrapped model's own
+    forward (and its fused kernels) runs unchanged.
     """
 
     def __init__(self, model: nn.Module, info: BackboneInfo) -> None:
         super().__init__()
         self.model = model
         self.info = info
-        # Created by `attach_pyramid` for dense tasks only, so classification models
+        # Created by `attach_pyramid` for dense prediction only, so classification models
         # (and their parameter counts) never carry it.
         self.pyramid_neck: nn.Module | None = None
 
     # -- what subclasses provide -------------------------------------------------
     def blocks(self) -> list[nn.Module]:
         raise NotImplementedError
+
+    def stages(self) -> list[nn.Module]:
+        """Containers whose `.blocks` (an `nn.Sequential`) hold the blocks, in order."""
+        raise PelaBenchError(f"{self.info.name} declares no block stages")
+
+    def attention_modules(self) -> list[nn.Module]:
+        """One attention module per block with a fused `qkv` linear, `num_heads` and `scale`."""
+        raise PelaBenchError(f"{self.info.name} declares no readable attention")
+
+    def token_encoder(self) -> nn.Module:
+        raise PelaBenchError(f"{self.info.name} has no plain ViT token encoder")
 
     def _pyramid_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Four NCHW maps straight from the network, before the neck."""
@@ -58,7 +94,7 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def _accept_any_input_size(self) -> None:
-        """Let the network take the dense tasks' crops and padded batches of any size."""
+        """Let the network take dense crops and padded batches of any size."""
         raise NotImplementedError
 
     @property
@@ -87,34 +123,54 @@ class Backbone(nn.Module):
     def paper_ratio(self) -> float:
         return self.info.paper_ratio
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Class logits."""
-        return self.model(x)
+        return self.model(image)
 
-    def forward_tokens(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Every block's output, in order."""
-        return self.forward_with_tokens(x)[1]
+    def block_stages(self) -> list[int]:
+        """The stage index of every block, in block order."""
+        return [s for s, stage in enumerate(self.stages()) for _ in stage.blocks]
 
-    def forward_with_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits and every block's output from a single forward pass."""
-        outputs: list[torch.Tensor] = []
-        handles = [
-            blk.register_forward_hook(lambda _m, _i, out: outputs.append(out))
-            for blk in self.blocks()
-        ]
+    @contextmanager
+    def capture_features(self) -> Iterator[dict[str, list[torch.Tensor]]]:
+        """Collect the hidden states of every forward run inside the block, as named groups."""
+        groups: dict[str, list[torch.Tensor]] = {"blocks": []}
+        handles = [blk.register_forward_hook(lambda _m, _i, out: groups["blocks"].append(out))
+                   for blk in self.blocks()]
         try:
-            logits = self.model(x)
+            yield groups
         finally:
             for h in handles:
                 h.remove()
-        return logits, outputs
+
+    def features(self, batch: Mapping[str, Any]) -> dict[str, list[torch.Tensor]]:
+        """The distillation targets of one batch: every block's output under ``"blocks"``."""
+        with self.capture_features() as groups:
+            self(batch["image"])
+        return groups
+
+    @contextmanager
+    def attention_scores(self) -> Iterator[list[torch.Tensor]]:
+        """Every block's pre-softmax attention scores, (batch, heads, N, N), during a forward."""
+        scores: list[torch.Tensor] = []
+
+        def hook(attn: nn.Module):
+            def fn(_module, _inputs, qkv: torch.Tensor) -> None:
+                b, n, _ = qkv.shape  # a Swin's windows count as batch entries
+                q, k, _v = qkv.reshape(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+                scores.append((q * attn.scale) @ k.transpose(-2, -1))
+            return fn
+
+        handles = [attn.qkv.register_forward_hook(hook(attn)) for attn in self.attention_modules()]
+        try:
+            yield scores
+        finally:
+            for h in handles:
+                h.remove()
 
     # -- dense prediction ------------------------------------------------------------
     def attach_pyramid(self) -> "Backbone":
-        """Make this backbone dense-ready, in place: any input size, plus its family's neck.
+        """Make this backbone ready for dense heads, in place: any input size, plus its family's neck.
 
         The neck is new and trainable; the classifier stays (callers that count a
         dense model's parameters drop it with `reset_classifier(0)`).
@@ -133,7 +189,7 @@ class Backbone(nn.Module):
         right first, so the maps describe the padded image (as mmseg's ViT does).
         """
         if self.pyramid_neck is None:
-            raise PelaBenchError(f"{self.info.name}: forward_pyramid needs attach_pyramid() first (dense tasks call it)")
+            raise PelaBenchError(f"{self.info.name}: forward_pyramid needs attach_pyramid() first (dense heads call it)")
         return list(self.pyramid_neck(self._pyramid_features(x)))
 
     def reset_classifier(self, num_classes: int) -> None:

@@ -27,5 +27,6 @@ def get_constructor(name: str) -> Callable:
         return _BACKBONES[name]
     except KeyError:
         raise PelaBenchError(
-            f"unknown backbone {name!r}; known backbones: {', '.join(list_backbones())}"
+            f"unknown backbone {name!r}; known backbones: {', '.join(list_backbones())}, "
+            "or timm:<model> for any timm ViT or Swin"
         ) from None

@@ -21,6 +21,29 @@ class SwinBackbone(Backbone):
     def blocks(self) -> list[nn.Module]:
         return [blk for stage in self.model.layers for blk in stage.blocks]
 
+    def stages(self) -> list[nn.Module]:
+        return list(self.model.layers)
+
+    def attention_modules(self) -> list[nn.Module]:
+        return [blk.attn for blk in self.blocks()]
+
+    def forward_masked(self, image: torch.Tensor, visible: torch.Tensor, mask_token: torch.Tensor
+                       ) -> list[torch.Tensor]:
+        """Every block's output with the hidden patches replaced by `mask_token` (SimMIM's way).
+
+        `visible`: (B, H, W) booleans on the patch grid. Shifted windows need the full
+        grid, so a Swin cannot simply drop tokens as a ViT does.
+        """
+        x = self.model.patch_embed(image)  # (B, H, W, C)
+        x = torch.where(visible[..., None], x, mask_token.to(x.dtype).expand_as(x))
+        outputs = []
+        for stage in self.model.layers:
+            x = stage.downsample(x)
+            for blk in stage.blocks:
+                x = blk(x)
+                outputs.append(x)
+        return outputs
+
     @property
     def pyramid_strides(self) -> tuple[int, ...]:
         p = int(self.model.patch_embed.patch_size[0])
@@ -53,17 +76,24 @@ class SwinBackbone(Backbone):
                 blk.attn_mask = None
 
 
-def _info(name: str, model: SwinTransformer, hub_name: str | None, paper_ratio: float) -> BackboneInfo:
+def swin_info(name: str, model: SwinTransformer, hub_name: str | None, paper_ratio: float) -> BackboneInfo:
+    """Metadata read off a timm Swin."""
     return BackboneInfo(
         name=name,
         family="swin",
         embed_dims=tuple(int(stage.blocks[0].norm1.normalized_shape[0]) for stage in model.layers),
         depth=sum(len(stage.blocks) for stage in model.layers),
-        img_size=model.patch_embed.img_size[0],
-        num_classes=model.num_classes,
+        img_size=int(model.patch_embed.img_size[0]),
+        num_classes=int(model.num_classes),
         paper_ratio=paper_ratio,
         lowrank_omit=_SWIN_OMIT,
         hub_name=hub_name,
+        adapter_targets=("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"),
+        classifier=("head",),
+        halvable_stages=True,
+        attention_scores=True,
+        token_merging=False,  # windowed attention has no global token set (the paper leaves Swin out too)
+        masking="mask_token",
     )
 
 
@@ -72,7 +102,7 @@ def swin_base(pretrained: bool = False, **overrides) -> SwinBackbone:
     """Swin-Base (patch 4, window 7) at 224 px: 87.8 M params; paper preset ratio 1.5 -> 62.2 M."""
     hub_name = "swin_base_patch4_window7_224"
     model = timm.create_model(hub_name, pretrained=pretrained, **overrides)
-    return SwinBackbone(model, _info("swin_base", model, hub_name, 1.5))
+    return SwinBackbone(model, swin_info("swin_base", model, hub_name, 1.5))
 
 
 @register_backbone
@@ -86,4 +116,4 @@ def swin_micro(pretrained: bool = False, **overrides) -> SwinBackbone:
     )
     kwargs.update(overrides)
     model = SwinTransformer(**kwargs)
-    return SwinBackbone(model, _info("swin_micro", model, None, 1.5))
+    return SwinBackbone(model, swin_info("swin_micro", model, None, 1.5))

@@ -15,6 +15,8 @@ from common.errors import PelaBenchError
 
 # The paper keeps the classifier, the patch embedding and the norms full-rank.
 _VIT_OMIT = ("head", "patch_embed*", "norm")
+# The four linear maps of every block that adapter methods (LoRA) attach to.
+_ADAPTER_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
 
 # Dense heads read blocks 4, 6, 8 and 12 of 12 (mmseg's DeiT + UperNet): the same
@@ -30,6 +32,32 @@ def pyramid_block_indices(depth: int) -> tuple[int, ...]:
 class ViTBackbone(Backbone):
     def blocks(self) -> list[nn.Module]:
         return list(self.model.blocks)
+
+    def stages(self) -> list[nn.Module]:
+        return [self.model]  # one stage: the network's own `blocks`
+
+    def attention_modules(self) -> list[nn.Module]:
+        return [blk.attn for blk in self.model.blocks]
+
+    def token_encoder(self) -> nn.Module:
+        return self.model
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.model.num_prefix_tokens)
+
+    def forward_visible(self, image: torch.Tensor, keep_idx: torch.Tensor) -> list[torch.Tensor]:
+        """Every block's output when only the prefix tokens and the patches `keep_idx` (B, K) enter."""
+        vit = self.model
+        x = vit._pos_embed(vit.patch_embed(image))
+        prefix = vit.num_prefix_tokens
+        patches = x[:, prefix:].gather(1, keep_idx[..., None].expand(-1, -1, x.shape[-1]))
+        x = vit.norm_pre(torch.cat([x[:, :prefix], patches], dim=1))
+        outputs = []
+        for blk in vit.blocks:
+            x = blk(x)
+            outputs.append(x)
+        return outputs
 
     @property
     def _patch(self) -> int:
@@ -68,23 +96,38 @@ class ViTBackbone(Backbone):
         pe.output_fmt = Format.NHWC
 
 
-def _info(name: str, model: VisionTransformer, hub_name: str | None, paper_ratio: float) -> BackboneInfo:
+def _has_fused_qkv(model: nn.Module) -> bool:
+    attn = getattr(model.blocks[0], "attn", None) if len(model.blocks) else None
+    return all(hasattr(attn, a) for a in ("qkv", "num_heads", "scale")) and isinstance(attn.qkv, nn.Linear)
+
+
+def vit_info(name: str, model: nn.Module, hub_name: str | None, paper_ratio: float) -> BackboneInfo:
+    """Metadata read off a timm ViT-style model (VisionTransformer, or Eva-like with `blocks`)."""
+    plain = type(model) is VisionTransformer
     return BackboneInfo(
         name=name,
         family="vit",
-        embed_dims=(model.embed_dim,),
+        embed_dims=(int(model.embed_dim),),
         depth=len(model.blocks),
-        img_size=model.patch_embed.img_size[0],
-        num_classes=model.num_classes,
+        img_size=int(model.patch_embed.img_size[0]),
+        num_classes=int(model.num_classes),
         paper_ratio=paper_ratio,
         lowrank_omit=_VIT_OMIT,
         hub_name=hub_name,
+        adapter_targets=_ADAPTER_TARGETS,
+        classifier=("head",),
+        halvable_stages=True,
+        # Eva-style blocks rotate q and k after the qkv projection, so its output is not the scores' input.
+        attention_scores=plain and _has_fused_qkv(model),
+        # ToMe rewrites timm's standard ViT blocks; other ViT-like classes keep their own forward.
+        token_merging=plain,
+        masking="drop" if plain else None,
     )
 
 
 def _from_timm(name: str, hub_name: str, paper_ratio: float, pretrained: bool, **overrides) -> ViTBackbone:
     model = timm.create_model(hub_name, pretrained=pretrained, **overrides)
-    return ViTBackbone(model, _info(name, model, hub_name, paper_ratio))
+    return ViTBackbone(model, vit_info(name, model, hub_name, paper_ratio))
 
 
 @register_backbone
@@ -115,4 +158,4 @@ def deit_micro(pretrained: bool = False, **overrides) -> ViTBackbone:
                   global_pool="avg", weight_init="jax")
     kwargs.update(overrides)
     model = VisionTransformer(**kwargs)
-    return ViTBackbone(model, _info("deit_micro", model, None, 2.0))
+    return ViTBackbone(model, vit_info("deit_micro", model, None, 2.0))

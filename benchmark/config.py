@@ -14,9 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import PelaBenchError
-from tasks.dense import DenseSchedule
-
-BUDGETS = ("smoke", "paper")
 
 
 @dataclass(frozen=True)
@@ -33,41 +30,22 @@ class Schedule:
 
 @dataclass(frozen=True)
 class Budget:
-    """How much work a suite run does; `smoke` fits a 2-core CPU, `paper` is the paper's protocol."""
+    """How much teacher and pre-training work a suite run does.
+
+    `tiny` checks that a configuration runs end to end in a minute (its numbers mean
+    nothing), `smoke` fits a 2-core CPU, `paper` is the paper's protocol. Each task
+    keeps its own schedule for each budget name (`Task.schedules`).
+    """
 
     name: str
     img_size: int | None  # None: the backbone's own
     teacher: Schedule
     pretrain: Schedule
-    synthetic_train: int
-    synthetic_val: int
-    seg: DenseSchedule
-    det: DenseSchedule
-    dense_synthetic_train: int  # scenes per synthetic ADE/COCO train split
-    dense_synthetic_val: int
-    eval_batch_size: int = 256
     latency_batch_size: int = 1
-    latency_repeats: int = 20
-    dense_latency_repeats: int = 20
     # Teacher and pre-training schedules for paper-size backbones (over 10 M parameters)
     # where the budget cannot afford the full ones (None: same as for the others).
     teacher_large: Schedule | None = None
     pretrain_large: Schedule | None = None
-
-    def for_task(self, task: str) -> dict[str, Any]:
-        """The budget as one task's rows depend on it, for their config hash.
-
-        The other tasks' schedules are left out, so a new detection schedule does not
-        re-run segmentation or classification rows (each can take days at paper scale).
-        """
-        out = asdict(self)
-        if task == "cls":
-            drop = ("seg", "det", "dense_synthetic_train", "dense_synthetic_val", "dense_latency_repeats")
-        else:
-            drop = tuple({"seg", "det"} - {task})
-        for name in drop:
-            out.pop(name)
-        return out
 
     def teacher_for(self, n_params: int) -> Schedule:
         return self.teacher_large if self.teacher_large is not None and n_params > LARGE_PARAMS else self.teacher
@@ -80,24 +58,19 @@ LARGE_PARAMS = 10_000_000
 
 
 BUDGET_PRESETS: dict[str, Budget] = {
+    "tiny": Budget(
+        name="tiny",
+        img_size=64,
+        teacher=Schedule(epochs=1, lr=2e-3, batch_size=32, warmup_epochs=0.2),
+        pretrain=Schedule(epochs=1, lr=1e-3, batch_size=32, warmup_epochs=0.2),
+        teacher_large=Schedule(epochs=0.25, lr=5e-4, batch_size=16, warmup_epochs=0.05),
+        pretrain_large=Schedule(epochs=0.25, lr=2.5e-4, batch_size=16, warmup_epochs=0.05),
+    ),
     "smoke": Budget(
         name="smoke",
         img_size=64,
         teacher=Schedule(epochs=20, lr=2e-3, batch_size=64),
         pretrain=Schedule(epochs=3, lr=1e-3, batch_size=64, warmup_epochs=0.3),
-        synthetic_train=3200,
-        synthetic_val=800,
-        latency_repeats=50,
-        # Dense smoke runs check that the whole mm* pipeline trains, evaluates and is measured,
-        # at 128 px on a 2-core CPU: a handful of iterations and a smaller RoI budget.
-        seg=DenseSchedule(by_epoch=False, length=4, batch_size=2, lr=2e-4, weight_decay=0.01, warmup_iters=2,
-                          img_scale=(512, 128), crop_size=(128, 128), val_subset=4, log_interval=1),
-        det=DenseSchedule(by_epoch=False, length=3, batch_size=2, lr=1e-4, weight_decay=0.05, warmup_iters=2,
-                          img_scale=(128, 128), val_subset=2, log_interval=1,
-                          rpn_train_proposals=200, rcnn_train_samples=64, rpn_test_proposals=50),
-        dense_synthetic_train=64,
-        dense_synthetic_val=16,
-        dense_latency_repeats=2,
         # An 88 M-parameter Swin-B cannot be trained on a CPU in minutes; the smoke budget
         # gives it a few dozen steps, enough to exercise every stage.
         teacher_large=Schedule(epochs=0.1, lr=5e-4, batch_size=16, warmup_epochs=0.02),
@@ -109,25 +82,9 @@ BUDGET_PRESETS: dict[str, Budget] = {
         img_size=None,
         teacher=Schedule(epochs=300, lr=5e-4, batch_size=256, warmup_epochs=5),
         pretrain=Schedule(epochs=50, lr=2.5e-4, batch_size=256, warmup_epochs=1),
-        synthetic_train=50_000,
-        synthetic_val=10_000,
-        latency_repeats=50,
-        # mmseg's UperNet ADE20K schedule: 160k iterations, 16 x 512^2 crops, AdamW 6e-5, poly decay.
-        seg=DenseSchedule(by_epoch=False, length=160_000, batch_size=16, lr=6e-5, weight_decay=0.01,
-                          warmup_iters=1500, img_scale=(2048, 512), crop_size=(512, 512),
-                          checkpoint_interval=16_000),
-        # The Swin Cascade Mask R-CNN 3x schedule: 36 epochs, 16 images, AdamW 1e-4, steps at 27 and 33,
-        # multi-scale training (short side 480-800).
-        det=DenseSchedule(by_epoch=True, length=36, batch_size=16, lr=1e-4, weight_decay=0.05, warmup_iters=1000,
-                          img_scale=(1333, 800), multiscale=True, milestones=(27, 33), checkpoint_interval=1),
-        dense_synthetic_train=20_000,
-        dense_synthetic_val=2_000,
     ),
 }
-
-
-# The methods of the paper's dense tables (2 and 3); ToMe does not apply to dense heads.
-DENSE_METHODS: tuple[str, ...] = ("dense", "svd", "pela", "lora", "pc_lora", "tinybert", "maskalign")
+BUDGETS = tuple(BUDGET_PRESETS)
 
 
 @dataclass(frozen=True)
@@ -139,11 +96,12 @@ class SuiteConfig:
     )
     tasks: tuple[str, ...] = ("cls",)
     ratio: float | None = None  # None: each backbone's paper preset
-    data_root: str | None = None  # None: the synthetic world, generated under `out`
-    seg_root: str | None = None  # ADE20K layout; None: synthetic scenes
-    det_root: str | None = None  # COCO layout; None: synthetic scenes
-    # Table 9: also train each compressed model's dense heads at the largest batch whose
-    # training peak memory stays within the dense model's (rows "<method>+").
+    # Task name -> data root in the task's real on-disk format; a task without one gets
+    # the synthetic world, generated under `out`. The backbone's pre-training task's root
+    # also feeds the teacher and every pre-training.
+    data: dict[str, str] = field(default_factory=dict)
+    # Table 9: also fine-tune each compressed model at the largest batch whose training peak
+    # memory stays within the uncompressed model's (rows "<method>+").
     scale_batch: bool = False
     teacher_weights: str | None = None  # None: train the teacher; "hub" or a checkpoint path
     out: str = "runs"
@@ -152,6 +110,10 @@ class SuiteConfig:
     budget: str = "smoke"
     device: str = "auto"
     method_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"alpha": 1.0}
+    # Training stages save a resumable checkpoint this often (whichever comes first; 0: never).
+    checkpoint_minutes: float = 10.0
+    checkpoint_steps: int = 0
+    check_data: bool = False  # read every file of every data set before any training
 
     def budget_preset(self) -> Budget:
         return BUDGET_PRESETS[self.budget]
@@ -163,77 +125,85 @@ class SuiteConfig:
         return replace(self, **changes)
 
 
+def json_default(o: Any) -> Any:
+    """`json.dumps` support for the configuration's own types: dataclasses and paths."""
+    if hasattr(o, "__dataclass_fields__"):
+        return asdict(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot serialise {type(o).__name__}")
+
+
 def config_hash(payload: Any) -> str:
     """Stable 12-hex-digit digest of a JSON-able payload (dataclasses allowed)."""
-    def default(o: Any) -> Any:
-        if hasattr(o, "__dataclass_fields__"):
-            return asdict(o)
-        if isinstance(o, Path):
-            return str(o)
-        raise TypeError(f"cannot hash {type(o).__name__}")
-
-    blob = json.dumps(payload, sort_keys=True, default=default, separators=(",", ":"))
+    blob = json.dumps(payload, sort_keys=True, default=json_default, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def method_options_for(name: str, cfg: SuiteConfig) -> dict[str, Any]:
+    """The `--set` options (and `--ratio`) that method `name` takes."""
+    from methods import method_class
+
+    known = {f.name for f in fields(method_class(name).options_cls)}
+    opts = {k: v for k, v in cfg.method_options.items() if k in known}
+    if cfg.ratio is not None and "ratio" in known:
+        opts["ratio"] = cfg.ratio
+    return opts
 
 
 def validate(cfg: SuiteConfig) -> None:
     """Check everything that can be checked before any training starts; raise naming the field."""
-    from backbones import list_backbones
-    from methods import create_method, method_class
-    from tasks import create_task
-
-    if cfg.budget not in BUDGETS:
-        raise PelaBenchError(f"--budget {cfg.budget!r}: choose one of {', '.join(BUDGETS)}")
-    if cfg.backbone not in list_backbones():
-        raise PelaBenchError(f"unknown backbone {cfg.backbone!r}; known backbones: {', '.join(list_backbones())}")
-    if not cfg.methods:
-        raise PelaBenchError("--methods is empty")
     import torch
 
     from backbones import create_backbone
+    from methods import create_method, method_class
+    from tasks import canonical_task_name, create_task
 
+    if cfg.budget not in BUDGETS:
+        raise PelaBenchError(f"--budget {cfg.budget!r}: choose one of {', '.join(BUDGETS)}")
     with torch.device("meta"):  # metadata only: no weights are allocated
-        info = create_backbone(cfg.backbone).info
+        info = create_backbone(cfg.backbone).info  # raises naming an unknown backbone
+    if not cfg.methods:
+        raise PelaBenchError("--methods is empty")
     for name in cfg.methods:
         method_class(name).check_backbone(info)  # raises on an unknown name or a misfit
     if not cfg.tasks:
         raise PelaBenchError("--tasks is empty")
-    for name in cfg.tasks:
-        create_task(name)
+    tasks = [create_task(name) for name in cfg.tasks]
+    pretrain = create_task(info.pretrain_task)
+    if pretrain.objective() is None:
+        raise PelaBenchError(f"{cfg.backbone}'s pre-training task {pretrain.name!r} has no objective")
+    for task in {t.name: t for t in [*tasks, pretrain]}.values():
+        task.schedule(cfg.budget)
     if cfg.ratio is not None and not cfg.ratio >= 1:
         raise PelaBenchError(f"--ratio must be >= 1 (1/ratio of the parameters is kept), got {cfg.ratio}")
-    for name in cfg.methods:
-        opts = dict(cfg.method_options)
-        if cfg.ratio is not None:
-            opts["ratio"] = cfg.ratio
-        known = {f.name for f in fields(method_class(name).options_cls)}
-        create_method(name, **{k: v for k, v in opts.items() if k in known})
     unused = set(cfg.method_options) - {
         f.name for name in cfg.methods for f in fields(method_class(name).options_cls)
     }
     if unused:
         raise PelaBenchError(f"option(s) {', '.join(sorted(unused))} apply to none of the methods {', '.join(cfg.methods)}")
-    if cfg.data_root is not None:
-        root = Path(cfg.data_root)
-        if not root.is_dir():
-            raise PelaBenchError(f"--data-root {root} does not exist")
-        for split in ("train", "val"):
-            if not (root / split).is_dir():
-                raise PelaBenchError(f"--data-root {root} has no '{split}' folder (ImageNet layout: {root}/{split}/<class>/<image>)")
-    for flag, value in (("--seg-root", cfg.seg_root), ("--det-root", cfg.det_root)):
-        if value is not None and not Path(value).is_dir():
-            raise PelaBenchError(f"{flag} {value} does not exist")
+    methods = [create_method(name, **method_options_for(name, cfg)) for name in cfg.methods]
+    known_data = {t.name for t in tasks} | {pretrain.name}
+    for key, root in cfg.data.items():
+        name = canonical_task_name(key)
+        if name not in known_data:
+            raise PelaBenchError(f"--data {key}={root}: task {name!r} is neither run nor the pre-training task "
+                                 f"({', '.join(sorted(known_data))})")
+        create_task(name).check_root(Path(root))
     if cfg.scale_batch and "dense" not in cfg.methods:
-        raise PelaBenchError("--scale-batch compares against the dense model's memory: include 'dense' in --methods")
-    if cfg.scale_batch and not {"seg", "det"} & {create_task(t).name for t in cfg.tasks}:
-        raise PelaBenchError("--scale-batch applies to the dense tasks: add seg or det to --tasks")
-    dense_tasks = [t for t in (create_task(n).name for n in cfg.tasks) if t in ("seg", "det")]
-    if dense_tasks and all(method_class(m).dense_unsupported for m in cfg.methods):
-        raise PelaBenchError(f"none of the methods {', '.join(cfg.methods)} applies to {', '.join(dense_tasks)} "
-                             f"({'; '.join(f'{m}: {method_class(m).dense_unsupported}' for m in cfg.methods)})")
+        raise PelaBenchError("--scale-batch compares against the uncompressed model's memory: include 'dense' in --methods")
+    if cfg.scale_batch and not any(t.fine_tunes for t in tasks):
+        raise PelaBenchError("--scale-batch applies to tasks that fine-tune (seg, det): add one to --tasks")
+    for task in tasks:
+        reasons = [m.unsupported(task.needs) for m in methods]
+        if all(reasons):
+            raise PelaBenchError(f"none of the methods {', '.join(cfg.methods)} applies to {task.name} "
+                                 f"({'; '.join(f'{m.name}: {r}' for m, r in zip(methods, reasons))})")
     if cfg.teacher_weights not in (None, "hub") and not Path(cfg.teacher_weights).is_file():
         raise PelaBenchError(f"--teacher-weights {cfg.teacher_weights} does not exist")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise PelaBenchError(f"--device {cfg.device!r}: use auto, cpu or cuda[:N]")
     if cfg.seed < 0:
         raise PelaBenchError(f"--seed must be >= 0, got {cfg.seed}")
+    if cfg.checkpoint_minutes < 0 or cfg.checkpoint_steps < 0:
+        raise PelaBenchError("checkpoint intervals must be >= 0 (0: no intermediate checkpoints)")

@@ -24,14 +24,34 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from common.errors import PelaBenchError
-from methods.lowrank import count_params
+from common.params import count_params
 
 Shape = tuple[int, ...]
+# A model's example inputs: a shape (one random image batch, passed positionally) or the
+# keyword inputs of its forward (``{"image": ..., "text_ids": ...}``), as a task gives them.
+Inputs = Shape | dict[str, torch.Tensor]
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Parameters, shared tensors once: the same count the methods use, so rows and tables agree."""
-    return count_params(model)
+def _call(model: nn.Module, inputs: torch.Tensor | dict[str, torch.Tensor]) -> Any:
+    return model(**inputs) if isinstance(inputs, dict) else model(inputs)
+
+
+def _materialise(inputs: Inputs, device: torch.device | str) -> torch.Tensor | dict[str, torch.Tensor]:
+    if isinstance(inputs, dict):
+        return {k: v.to(device) for k, v in inputs.items()}
+    return _fixed_input(tuple(inputs), torch.device(device))
+
+
+def _on_meta(inputs: Inputs) -> torch.Tensor | dict[str, torch.Tensor]:
+    if isinstance(inputs, dict):
+        return {k: torch.empty_like(v, device="meta") for k, v in inputs.items()}
+    return torch.empty(tuple(inputs), device="meta")
+
+
+def _batch_of(inputs: Inputs) -> int:
+    if isinstance(inputs, dict):
+        return int(next(iter(inputs.values())).shape[0])
+    return int(inputs[0])
 
 
 def _meta_copy(model: nn.Module) -> nn.Module:
@@ -49,8 +69,8 @@ def _meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo).to("meta")
 
 
-def count_flops(model: nn.Module, input_shape: Shape = (1, 3, 224, 224), *, on_meta: bool = True) -> dict[str, int]:
-    """FLOPs (2 x MAC) and MACs of one forward pass at `input_shape`; `model` is not touched.
+def count_flops(model: nn.Module, input_shape: Inputs = (1, 3, 224, 224), *, on_meta: bool = True) -> dict[str, int]:
+    """FLOPs (2 x MAC) and MACs of one forward pass on `input_shape` (a shape or keyword inputs); `model` is not touched.
 
     The count runs on a meta-device copy: shapes only, no arithmetic, so even
     DeiT-III-Large counts in well under a second and the model's own device and
@@ -61,14 +81,14 @@ def count_flops(model: nn.Module, input_shape: Shape = (1, 3, 224, 224), *, on_m
     dispatcher prefers in a later release.
     """
     if on_meta:
-        run_model, x = _meta_copy(model).eval(), torch.empty(input_shape, device="meta")
+        run_model, x = _meta_copy(model).eval(), _on_meta(input_shape)
     else:
         # Models whose work depends on values (detectors: NMS keeps a data-dependent number of
         # boxes) cannot run on shapes alone; they are counted on the fixed random input.
-        run_model, x = model.eval(), _fixed_input(input_shape, next(model.parameters()).device)
+        run_model, x = model.eval(), _materialise(input_shape, next(model.parameters()).device)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
-        run_model(x)
+        _call(run_model, x)
     flops = int(counter.get_total_flops())
     return {"flops": flops, "macs": flops // 2}
 
@@ -83,7 +103,7 @@ def _fixed_input(input_shape: Shape, device: torch.device) -> torch.Tensor:
     return torch.randn(input_shape, generator=torch.Generator().manual_seed(0)).to(device)
 
 
-def measure_latency(model: nn.Module, input_shape: Shape, *, repeats: int = 20, warmup: int = 3,
+def measure_latency(model: nn.Module, input_shape: Inputs, *, repeats: int = 20, warmup: int = 3,
                     threads: int | None = None, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Median and p90 wall time (ms) of one inference forward at `input_shape`.
 
@@ -103,14 +123,14 @@ def measure_latency(model: nn.Module, input_shape: Shape, *, repeats: int = 20, 
         torch.set_num_threads(threads)
     was_training = model.training
     model.eval()
-    x = _fixed_input(input_shape, device)
+    x = _materialise(input_shape, device)
     times = []
     try:
         with torch.inference_mode():
             for i in range(warmup + repeats):
                 _sync(device)
                 start = time.perf_counter()
-                model(x)
+                _call(model, x)
                 _sync(device)
                 if i >= warmup:
                     times.append((time.perf_counter() - start) * 1000)
@@ -120,7 +140,7 @@ def measure_latency(model: nn.Module, input_shape: Shape, *, repeats: int = 20, 
     times.sort()
     median = statistics.median(times)
     p90 = times[min(len(times) - 1, round(0.9 * (len(times) - 1)))]
-    batch = input_shape[0]
+    batch = _batch_of(input_shape)
     return {"median_ms": median, "p90_ms": p90, "ms_per_img": median / batch, "batch_size": batch,
             "threads": previous if threads is None else threads, "device": str(device), "repeats": repeats}
 
@@ -187,7 +207,7 @@ def _resident_bytes(model: nn.Module) -> int:
             + sum(b.numel() * b.element_size() for b in model.buffers()))
 
 
-def measure_peak_memory(model: nn.Module, input_shape: Shape, device: str | torch.device = "cpu") -> dict[str, Any]:
+def measure_peak_memory(model: nn.Module, input_shape: Inputs, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Peak memory of one inference forward: parameters + buffers + the live activations' peak.
 
     `param_bytes` includes buffers (they are resident too). On CUDA the caching
@@ -200,11 +220,11 @@ def measure_peak_memory(model: nn.Module, input_shape: Shape, device: str | torc
     param_bytes = _resident_bytes(model)
     was_training = model.training
     model.eval()
-    x = _fixed_input(input_shape, device)
+    x = _materialise(input_shape, device)
 
     def forward() -> None:
         with torch.inference_mode():
-            model(x)
+            _call(model, x)
 
     try:
         activation, method = _activation_peak(forward, device)
@@ -231,16 +251,27 @@ def measure_train_memory(model: nn.Module, step: Callable[[], None], device: str
             "optimizer_state_bytes": optimizer_bytes, "step_peak_bytes": activation, "method": method}
 
 
-def measure_all(model: nn.Module, input_shape: Shape, *, latency_repeats: int = 20, threads: int | None = None,
-                device: str | torch.device = "cpu", flops_on_meta: bool = True,
-                latency_warmup: int = 3) -> dict[str, float]:
-    """Everything a results row reports, flat: params, FLOPs, latency, peak memory."""
-    flops = count_flops(model, (1, *input_shape[1:]), on_meta=flops_on_meta)
+def measure_all(model: nn.Module, input_shape: Inputs | Callable[[int], Inputs], *, latency_repeats: int = 20,
+                threads: int | None = None, device: str | torch.device = "cpu", flops_on_meta: bool = True,
+                latency_warmup: int = 3, latency_batch: int | None = None) -> dict[str, float]:
+    """Everything a results row reports, flat: params, FLOPs (at batch 1), latency, peak memory.
+
+    `input_shape` is a shape, keyword inputs, or a function of the batch size that returns
+    either (a task's `example_inputs`); FLOPs are counted per image, at batch 1.
+    """
+    if callable(input_shape):
+        make = input_shape
+        input_shape = make(latency_batch or 1)
+        one = make(1)
+    else:
+        one = ({k: v[:1] for k, v in input_shape.items()} if isinstance(input_shape, dict)
+               else (1, *input_shape[1:]))
+    flops = count_flops(model, one, on_meta=flops_on_meta)
     latency = measure_latency(model, input_shape, repeats=latency_repeats, warmup=latency_warmup, threads=threads,
                               device=device)
     memory = measure_peak_memory(model, input_shape, device=device)
     return {
-        "params_m": count_parameters(model) / 1e6,
+        "params_m": count_params(model) / 1e6,
         "gflops": flops["flops"] / 1e9,
         "gmacs": flops["macs"] / 1e9,
         "latency_ms": latency["median_ms"],

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backbones import create_backbone
-from benchmark.config import BUDGET_PRESETS
-from benchmark.efficiency import count_parameters
+from common.params import count_params
 from methods.lowrank import factorize
 
 
@@ -59,7 +58,9 @@ def measure(entry: PaperEntry) -> dict[str, Any]:
     from tasks.detection import build_detector
     from tasks.segmentation import build_segmentor
 
-    budget = BUDGET_PRESETS["paper"]
+    from tasks.detection import DET_SCHEDULES
+    from tasks.segmentation import SEG_SCHEDULES
+
     backbone = create_backbone(entry.backbone)
     if entry.method == "pela":
         if entry.ratio is None:
@@ -67,13 +68,13 @@ def measure(entry: PaperEntry) -> dict[str, Any]:
         else:
             factorize(backbone, ratio=entry.ratio, omit=entry.omit or backbone.lowrank_omit)
     if entry.task == "seg":
-        model = build_segmentor(backbone, 150, budget.seg)
+        model = build_segmentor(backbone, 150, SEG_SCHEDULES["paper"])
     else:
-        model = build_detector(backbone, 80, budget.det)
-    parts = {name: count_parameters(getattr(model, name)) / 1e6
+        model = build_detector(backbone, 80, DET_SCHEDULES["paper"])
+    parts = {name: count_params(getattr(model, name)) / 1e6
              for name in ("backbone", "neck", "decode_head", "auxiliary_head", "rpn_head", "roi_head")
              if getattr(model, name, None) is not None}
-    measured = count_parameters(model) / 1e6
+    measured = count_params(model) / 1e6
     return {"table": entry.table, "backbone": entry.backbone, "task": entry.task, "method": entry.method,
             "ratio": entry.ratio or backbone.paper_ratio, "paper_params_m": entry.paper_params_m,
             "measured_params_m": round(measured, 2), "diff_m": round(measured - entry.paper_params_m, 2),

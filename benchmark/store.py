@@ -1,31 +1,32 @@
-"""The results store: one JSON line per backbone x method x task x seed x provenance.
+"""The results store: one JSON line per backbone x method (with its options) x task x seed x provenance.
 
-A row is replaced, never duplicated, when its stage runs again; the file is
-rewritten atomically, so a killed run leaves the previous complete file.
+A row is replaced, never duplicated, when its stage runs again. Every write
+happens under an exclusive lock on a sibling ``.lock`` file and rewrites the file
+atomically, so jobs writing at once never lose each other's rows and a killed
+run leaves the previous complete file. (`flock` locks are honoured on local
+disks and on NFS v4; on file systems without locking, give each job its own
+`--results` and merge the files afterwards.)
+
+The store is what a run publishes: the suite never reads a row back from it to
+skip work; reuse comes from the stage outputs under `--out` (`benchmark.stages`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
-import platform
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from common.errors import PelaBenchError
 from common.io import atomic_write_text
 
-ROW_KEY_FIELDS = ("backbone", "method", "task", "seed", "provenance")
+ROW_KEY_FIELDS = ("backbone", "method", "options", "task", "seed", "provenance")
 
 
 def row_id(row: dict[str, Any]) -> str:
-    return "/".join(str(row[k]) for k in ROW_KEY_FIELDS)
-
-
-def versions() -> dict[str, str]:
-    import timm
-    import torch
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__}
+    return "/".join(str(row.get(k, "")) for k in ROW_KEY_FIELDS)
 
 
 class ResultStore:
@@ -45,19 +46,24 @@ class ResultStore:
                 raise PelaBenchError(f"{self.path}:{n} is not valid JSON ({exc.msg})") from None
         return rows
 
-    def find(self, rid: str, config_hash: str) -> dict[str, Any] | None:
-        for row in self.rows():
-            if row_id(row) == rid and row.get("config_hash") == config_hash:
-                return row
-        return None
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def put(self, row: dict[str, Any]) -> None:
         missing = [k for k in (*ROW_KEY_FIELDS, "config_hash", "metrics") if k not in row]
         if missing:
             raise ValueError(f"result row lacks {missing}")
         rid = row_id(row)
-        rows = [r for r in self.rows() if row_id(r) != rid] + [row]
-        self._write(rows)
+        with self._locked():
+            rows = [r for r in self.rows() if row_id(r) != rid] + [row]
+            self._write(rows)
 
     def _write(self, rows: Iterable[dict[str, Any]]) -> None:
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)

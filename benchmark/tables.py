@@ -10,26 +10,30 @@ import io
 from pathlib import Path
 from typing import Any
 
+from benchmark.provenance import code_label, code_version
 from common.io import atomic_write_bytes, atomic_write_text
 
-# (row path, column header, format)
-MD_COLUMNS: list[tuple[str, str, str]] = [
+# (row path, column header, format). Each row also carries its task's own columns
+# (metrics and extras such as a fine-tune's batch), placed after the method's.
+LEAD_COLUMNS: list[tuple[str, str, str]] = [
     ("method", "method", "{}"),
+    ("options", "options", "{}"),
     ("ablation.fd", "L_fd", "{}"),
     ("ablation.rwp", "L_rwp", "{}"),
-    ("metrics.top1", "top-1 (%)", "{:.2f}"),
-    ("metrics.top5", "top-5 (%)", "{:.2f}"),
-    ("metrics.mIoU", "mIoU (%)", "{:.2f}"),
-    ("metrics.AP_box", "AP box", "{:.2f}"),
-    ("metrics.AP_mask", "AP mask", "{:.2f}"),
-    ("dense.train_batch", "train batch", "{}"),
-    ("dense.train_peak_mb", "train peak mem (MB)", "{:.0f}"),
+]
+EFFICIENCY_COLUMNS: list[tuple[str, str, str]] = [
     ("efficiency.params_m", "params (M)", "{:.3f}"),
     ("efficiency.gflops", "GFLOPs", "{:.4f}"),
     ("efficiency.latency_ms_per_img", "latency (ms/img)", "{:.2f}"),
     ("efficiency.peak_mem_mb", "peak mem (MB)", "{:.1f}"),
-    ("train_seconds", "train (s)", "{:.0f}"),
+    ("pretrain_seconds", "pre-train (s)", "{:.0f}"),
+    ("train_seconds", "fine-tune (s)", "{:.0f}"),
 ]
+# Rows stored before tasks described their own columns (no "columns" field).
+_LEGACY_TASK_COLUMNS = [("metrics.top1", "top-1 (%)", "{:.2f}"), ("metrics.top5", "top-5 (%)", "{:.2f}"),
+                        ("metrics.mIoU", "mIoU (%)", "{:.2f}"), ("metrics.AP_box", "AP box", "{:.2f}"),
+                        ("metrics.AP_mask", "AP mask", "{:.2f}")]
+STALE_MARK = "\u2020"  # dagger: the row was produced by another code version than this checkout's
 
 
 def _get(row: dict[str, Any], path: str) -> Any:
@@ -56,29 +60,59 @@ def flatten(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for k, v in row.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and k != "config":
+        if k in ("config", "columns"):
+            continue
+        if isinstance(v, dict):
             flat.update(flatten(v, key + "."))
-        elif k != "config":
+        else:
             flat[key] = v
     return flat
 
 
-def _section(rows: list[dict[str, Any]], primary: str) -> list[str]:
-    ranked = sorted(rows, key=lambda r: -(_get(r, f"metrics.{primary}") or float("-inf")))
-    metric_cols = [c for c in MD_COLUMNS
-                   if not c[0].startswith(("metrics.", "dense.")) or any(_get(r, c[0]) is not None for r in rows)]
-    header = "| rank | " + " | ".join(h for _, h, _ in metric_cols) + " |"
-    lines = [header, "|" + "---|" * (len(metric_cols) + 1)]
+def _task_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    columns: list[tuple[str, str, str]] = []
+    for row in rows:
+        for col in row.get("columns") or _LEGACY_TASK_COLUMNS:
+            if tuple(col) not in columns:
+                columns.append(tuple(col))
+    return columns
+
+
+def _stale(row: dict[str, Any], current: dict[str, Any] | None) -> bool:
+    if current is None:
+        return False
+    code = row.get("code")
+    return code is None or code_label(code) != code_label(current)
+
+
+def _section(rows: list[dict[str, Any]], primary: str, current_code: dict[str, Any] | None = None) -> list[str]:
+    sign = 1 if rows[0].get("higher_is_better", True) else -1
+    ranked = sorted(rows, key=lambda r: -sign * (_get(r, f"metrics.{primary}") if _get(r, f"metrics.{primary}")
+                                                   is not None else -sign * float("inf")))
+    candidates = LEAD_COLUMNS + _task_columns(rows) + EFFICIENCY_COLUMNS
+    always = {"method", "efficiency.params_m", "efficiency.gflops", "efficiency.latency_ms_per_img",
+              "efficiency.peak_mem_mb", "pretrain_seconds"}
+    cols = [c for c in candidates if c[0] in always or any(_get(r, c[0]) not in (None, "", {}, 0, 0.0) for r in rows)]
+    header = "| rank | " + " | ".join(h for _, h, _ in cols) + " |"
+    lines = [header, "|" + "---|" * (len(cols) + 1)]
     for rank, row in enumerate(ranked, 1):
-        cells = [_fmt(_get(row, path), fmt) for path, _, fmt in metric_cols]
+        cells = [_fmt(_get(row, path), fmt) for path, _, fmt in cols]
+        if _stale(row, current_code):
+            cells[0] += f" {STALE_MARK}"
         lines.append(f"| {rank} | " + " | ".join(cells) + " |")
     return lines
 
 
-def render_markdown(rows: list[dict[str, Any]]) -> str:
+def render_markdown(rows: list[dict[str, Any]], current_code: dict[str, Any] | None = None) -> str:
+    """The leaderboard; with `current_code`, rows from another code version are marked."""
     out = ["# pela-bench leaderboard", ""]
     if not rows:
         return "\n".join(out + ["No results yet.", ""])
+    out += ["One seed per row: a difference smaller than the spread between seeds is not a finding "
+            "(a fresh machine has moved rows by up to a point at the smoke budget).", ""]
+    if any(_stale(r, current_code) for r in rows):
+        out += [f"{STALE_MARK} produced by another code version than this checkout's "
+                f"({code_label(current_code)}); run the suite again to refresh it.", ""]
     for provenance in ("real", "synthetic"):
         prov_rows = [r for r in rows if r.get("provenance") == provenance]
         if not prov_rows:
@@ -91,16 +125,17 @@ def render_markdown(rows: list[dict[str, Any]]) -> str:
         for (task, backbone, budget, seed), group in sorted(groups.items(), key=lambda kv: str(kv[0])):
             primary = group[0].get("primary_metric", "top1")
             eff = group[0].get("efficiency", {})
+            whole = ("; models with task heads counted whole (backbone + neck + heads)"
+                     if any("finetune" in r for r in group) else "")
+            size = f"; measured at {eff['input_size']} px" if eff.get("input_size") else ""
             out += [
                 f"### {task} · {backbone} · budget {budget} · seed {seed}",
                 "",
                 f"Ranked by {primary}. Latency: median over repeats at batch {eff.get('latency_batch', '?')}, "
                 f"{eff.get('latency_threads', '?')} threads, on {group[0].get('device', '?')}; "
-                "GFLOPs = 2 x MAC, attention included"
-                + (f"; dense models counted whole (backbone + neck + heads) at {_get(group[0], 'dense.input_size')} px"
-                   if _get(group[0], "dense.input_size") else "") + ".",
+                f"GFLOPs = 2 x MAC, attention included{whole}{size}.",
                 "",
-                *_section(group, primary),
+                *_section(group, primary, current_code),
                 "",
             ]
     return "\n".join(out)
@@ -158,7 +193,7 @@ def render_plot(rows: list[dict[str, Any]]) -> bytes | None:
 
 def write_leaderboard(rows: list[dict[str, Any]], results_dir: str | Path) -> list[Path]:
     results_dir = Path(results_dir)
-    md = atomic_write_text(results_dir / "leaderboard.md", render_markdown(rows))
+    md = atomic_write_text(results_dir / "leaderboard.md", render_markdown(rows, code_version()))
     csv_path = atomic_write_text(results_dir / "leaderboard.csv", render_csv(rows))
     written = [md, csv_path]
     png = render_plot(rows)

@@ -1,26 +1,40 @@
-"""The project's one training loop: teachers, PELA pre-training and fine-tuning all use it.
+"""The project's one training loop: teachers and every method's pre-training use it.
 
 AdamW, per-step cosine schedule with linear warm-up, gradient clipping, bf16
-autocast on CUDA, a progress bar with every named loss term, seeded shuffling.
+autocast on CUDA, a progress bar with every named loss term, and batches as
+dicts of tensors (moved to the device whatever their nesting).
+
+Deterministic and resumable: epoch e visits the samples in an order drawn from
+(seed, e), and each sample is loaded under a random state seeded from (seed, e,
+index), so its augmentation does not depend on the number of loader workers or
+on where a run was interrupted. A checkpoint (model, optimiser, scheduler, RNG
+states, step, loss history) is written atomically at a configurable interval; a
+killed run given the same checkpoint path continues from it and ends with the
+same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import random
+import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from common.errors import PelaBenchError
+from common.io import atomic_save_torch
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pela_bench")
 
-LossFn = Callable[[tuple[torch.Tensor, torch.Tensor]], dict[str, torch.Tensor]]
+LossFn = Callable[[Mapping[str, Any]], dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,17 @@ class OptimConfig:
     amp: bool = True  # bf16 autocast, only where a GPU exists
 
 
+@dataclass(frozen=True)
+class Checkpointing:
+    """Where and how often a training run saves its resumable state (0: that trigger is off)."""
+
+    path: Path
+    every_steps: int = 0
+    every_seconds: float = 600.0
+    # Extra state the loss function owns (a method's own random generator): (get, set).
+    extra_state: tuple[Callable[[], dict[str, Any]], Callable[[dict[str, Any]], None]] | None = None
+
+
 def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float) -> float:
     """Learning-rate multiplier at `step` (0-based) of `total`."""
     if warmup > 0 and step < warmup:
@@ -42,29 +67,104 @@ def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float) -> 
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _to(batch, device: torch.device):
-    return tuple(t.to(device, non_blocking=True) if torch.is_tensor(t) else t for t in batch)
+def move_to(batch: Any, device: torch.device) -> Any:
+    """A batch with every tensor on `device`, through dicts, lists and tuples."""
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to(v, device) for v in batch)
+    return batch
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63)
+
+
+class SeededSamples(Dataset):
+    """Loads sample `index` of epoch `epoch` under a random state of its own.
+
+    Keys are ``(epoch, index)`` pairs from `EpochSampler`. The global state is forked,
+    so loading in the main process leaves the training loop's random stream alone.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            return self.dataset[index]
+
+
+class EpochSampler(Sampler):
+    """Yields ``(epoch, index)`` in an order drawn from (seed, epoch), from position `start` on."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed = n, seed
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+        for index in order[self.start:].tolist():
+            yield self.epoch, index
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def train(
     params: Iterable[nn.Parameter],
     loss_fn: LossFn,
-    loader: DataLoader,
+    data: Dataset,
     cfg: OptimConfig,
     *,
+    batch_size: int,
+    seed: int,
+    workers: int = 0,
     modules: Iterable[nn.Module] = (),
     device: torch.device | str = "cpu",
     desc: str = "train",
     progress: bool = True,
     on_step: Callable[[float], None] | None = None,
+    checkpoint: Checkpointing | None = None,
 ) -> list[dict[str, float]]:
-    """Optimise `params` on `loss_fn` over `loader`; returns per-epoch means of every loss term.
+    """Optimise `params` on `loss_fn` over `data` (samples as dicts); returns per-epoch means of every term.
 
-    `modules` are put in train mode (the trainable model), anything else the loss
-    touches (a frozen teacher) stays as the caller left it. `on_step(progress)` runs
-    before every step with progress = step / total (PC-LoRA's decay hangs on it).
+    `modules` are put in train mode and are what a checkpoint saves (the trainable
+    model); anything else the loss touches (a frozen teacher) stays as the caller
+    left it. `on_step(progress)` runs before every step with progress = step / total
+    (PC-LoRA's decay hangs on it).
     """
     device = torch.device(device)
+    modules = list(modules)
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
@@ -74,29 +174,60 @@ def train(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr,
     )
-    steps_per_epoch = len(loader)
+    steps_per_epoch = len(data) // batch_size
     if steps_per_epoch == 0:
-        raise PelaBenchError(f"{desc}: the training split holds fewer images than one batch ({loader.batch_size})")
+        raise PelaBenchError(f"{desc}: the training split holds {len(data)} samples, fewer than one batch ({batch_size})")
     total = max(1, round(cfg.epochs * steps_per_epoch))
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: cosine_with_warmup(s, total, warmup, cfg.min_lr_ratio)
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, total, warmup, cfg.min_lr_ratio))
     use_amp = cfg.amp and device.type == "cuda"
-    for m in modules:
-        m.train()
 
     history: list[dict[str, float]] = []
+    sums: dict[str, float] = {}
+    seen = 0
     step = 0
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True, mininterval=1.0)
+    if checkpoint is not None and checkpoint.path.is_file():
+        state = torch.load(checkpoint.path, map_location="cpu", weights_only=True)
+        if state["total"] != total or len(state["modules"]) != len(modules):
+            raise PelaBenchError(f"{checkpoint.path} was saved by a different run ({state['total']} steps, "
+                                 f"{len(state['modules'])} modules); delete it to start over")
+        for m, m_state in zip(modules, state["modules"]):
+            m.load_state_dict(m_state)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step, history, sums, seen = state["step"], state["history"], state["sums"], state["seen"]
+        _set_rng_state(state["rng"])
+        if checkpoint.extra_state is not None:
+            checkpoint.extra_state[1](state["extra"])
+        log.info("%s: resuming from step %d of %d (%s)", desc, step, total, checkpoint.path)
+
+    def save() -> None:
+        atomic_save_torch({
+            "total": total, "step": step, "history": history, "sums": sums, "seen": seen,
+            "modules": [m.state_dict() for m in modules], "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "rng": _rng_state(),
+            "extra": checkpoint.extra_state[0]() if checkpoint.extra_state is not None else {},
+        }, checkpoint.path)
+
+    sampler = EpochSampler(len(data), seed)
+    # The loader's own generator only seeds its workers, which `SeededSamples` overrides per
+    # sample; it keeps the loader from drawing on the global stream at each epoch start.
+    loader = DataLoader(SeededSamples(data, seed), batch_size=batch_size, sampler=sampler, drop_last=True,
+                        num_workers=workers, persistent_workers=workers > 0, generator=torch.Generator(),
+                        pin_memory=device.type == "cuda")
+    for m in modules:
+        m.train()
+    last_save = time.monotonic()
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, leave=False, dynamic_ncols=True,
+               mininterval=1.0)
     try:
         while step < total:
-            sums: dict[str, float] = {}
-            seen = 0
+            epoch, offset = divmod(step, steps_per_epoch)
+            sampler.set_epoch(epoch, offset * batch_size)
             for batch in loader:
                 if step >= total:
                     break
-                batch = _to(batch, device)
+                batch = move_to(batch, device)
                 if on_step is not None:
                     on_step(step / total)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -116,9 +247,15 @@ def train(
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                 bar.update(1)
                 bar.set_postfix({k: f"{v / seen:.3f}" for k, v in sums.items()}, refresh=False)
-            epoch_means = {k: v / max(1, seen) for k, v in sums.items()}
-            history.append(epoch_means)
-            log.debug("%s epoch %d: %s", desc, len(history), epoch_means)
+                if step % steps_per_epoch == 0 or step == total:
+                    history.append({k: v / max(1, seen) for k, v in sums.items()})
+                    log.debug("%s epoch %d: %s", desc, len(history), history[-1])
+                    sums, seen = {}, 0
+                if checkpoint is not None and step < total and (
+                        (checkpoint.every_steps and step % checkpoint.every_steps == 0)
+                        or (checkpoint.every_seconds and time.monotonic() - last_save >= checkpoint.every_seconds)):
+                    save()
+                    last_save = time.monotonic()
     finally:
         bar.close()
     return history

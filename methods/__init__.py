@@ -4,7 +4,7 @@
 """
 
 from methods.base import Method, MethodOptions, create_method, list_methods, method_class, register_method
-from methods.lowrank import LowRankLinear, count_params, factorize, lowrank_modules, lowrank_rank
+from methods.lowrank import LowRankLinear, factorize, lowrank_modules, lowrank_rank
 
 # Import the method files so they register themselves.
 from methods import dense, lora, maskalign, pc_lora, pela, svd, tinybert, tome  # noqa: E402,F401
@@ -13,7 +13,6 @@ __all__ = [
     "Method",
     "MethodOptions",
     "LowRankLinear",
-    "count_params",
     "create_method",
     "factorize",
     "list_methods",

@@ -3,21 +3,28 @@
 A method turns a frozen teacher into a student (`build_student`) and, if it trains
 (`trains`), defines the pre-training objective as named terms (`loss`), so the
 tables can show each term. ``loss()["loss"]`` is the total that is optimised.
+
+The base objective (cross-entropy for a classifier, ITC + ITM + MLM for a
+vision-language model) is handed in by the task or backbone that owns it; a
+method adds its own terms and never writes a task loss. What a method needs from
+a backbone (block stages, readable attention, a token encoder) it asks through
+`BackboneInfo` in `check_backbone`, which refuses a misfit before any work.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from common.errors import PelaBenchError
-
-Batch = tuple[torch.Tensor, torch.Tensor]
+from common.objective import Batch, Objective
 
 
 @dataclass
@@ -50,8 +57,9 @@ class Method:
     name: ClassVar[str] = ""
     trains: ClassVar[bool] = True
     takes_ratio: ClassVar[bool] = True  # False: the method refuses a compression ratio
-    # Why the student cannot feed a dense head (None: it can). Checked before any work starts.
-    dense_unsupported: ClassVar[str | None] = None
+    # What the student cannot provide, and why: a task that needs it (`Task.needs`,
+    # e.g. "pyramid" for dense heads) skips this method with the reason.
+    lacks: ClassVar[dict[str, str]] = {}
     options_cls: ClassVar[type[MethodOptions]] = MethodOptions
 
     def __init__(self, options: MethodOptions) -> None:
@@ -71,12 +79,31 @@ class Method:
         """The deployable student after training (e.g. PC-LoRA drops its frozen weights)."""
         return student
 
-    def loss(self, student: nn.Module, teacher: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        """Named loss terms; "loss" is the weighted total."""
-        images, labels = batch
-        logits = student(images)
-        base = F.cross_entropy(logits, labels)
-        return {"loss": base, "base": base.detach()}
+    def loss(self, student: nn.Module, teacher: nn.Module, batch: Batch, base: Objective) -> dict[str, torch.Tensor]:
+        """Named loss terms; "loss" is the weighted total. This default trains on the base objective alone."""
+        value = base.loss(base.forward(student, batch), batch)
+        return {"loss": value, "base": value.detach()}
+
+    def unsupported(self, needs: tuple[str, ...]) -> str | None:
+        """Why this method's student cannot serve a task that needs `needs` (None: it can)."""
+        return next((self.lacks[n] for n in needs if n in self.lacks), None)
+
+    def table_fields(self) -> dict[str, Any]:
+        """Per-row flags the leaderboard shows for this method (PELA: which loss terms are on)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Training state the method itself holds (a random generator), saved in checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def options_label(self) -> str:
+        """The options set away from this method's defaults, e.g. ``ratio=2`` (empty: the preset)."""
+        defaults = asdict(self.options_cls(**_METHODS[self.name][1])) if self.name in _METHODS else {}
+        changed = {k: v for k, v in asdict(self.options).items() if defaults.get(k, v) != v}
+        return ",".join(f"{k}={json.dumps(v) if not isinstance(v, (int, float)) else v}" for k, v in sorted(changed.items()))
 
     def describe(self) -> dict[str, Any]:
         opts = asdict(self.options)
@@ -119,6 +146,44 @@ def method_class(name: str) -> type[Method]:
     return _METHODS[name][0]
 
 
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        (item, *_rest) = typing.get_args(tp) or (Any,)
+        plural = {float: "numbers", int: "integers", str: "strings", bool: "booleans"}
+        return f"a list of {plural.get(item, _type_name(item))}"
+    return {float: "a number", int: "an integer", bool: "true or false", str: "a string",
+            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return isinstance(value, (list, tuple)) and all(_fits(v, args[0] if args else Any) for v in value)
+    if tp is type(None):
+        return value is None
+    if tp is float:  # JSON has one number type; an integer is a fine float, a bool is not
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def check_option_types(method: str, options_cls: type[MethodOptions], options: dict[str, Any]) -> None:
+    """Each value against the option's declared type; a misfit is one line naming it."""
+    hints = typing.get_type_hints(options_cls)
+    for key, value in options.items():
+        if key in hints and not _fits(value, hints[key]):
+            raise PelaBenchError(f"option {key}={value!r}: {method} expects {_type_name(hints[key])}")
+
+
 def create_method(name: str, **options: Any) -> Method:
     """Instantiate a registered method; unknown options are an error naming the option."""
     cls = method_class(name)
@@ -135,6 +200,7 @@ def create_method(name: str, **options: Any) -> Method:
             f"method {name!r} fixes {', '.join(f'{k}={pinned[k]}' for k in clashes)}; "
             f"use the method it is a variant of to change it"
         )
+    check_option_types(name, cls.options_cls, options)
     merged = {**{k: v for k, v in options.items() if v is not None}, **pinned}
     method = cls(cls.options_cls(**merged))
     method.name = name

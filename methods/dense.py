@@ -22,3 +22,6 @@ class Dense(Method):
         # The teacher is the same model at any ratio or full-rank list: a run with --ratio must not
         # fine-tune it again. `ratio: None` keeps the config hash of rows stored before this existed.
         return {"method": self.name, "ratio": None}
+
+    def options_label(self) -> str:
+        return ""

@@ -1,4 +1,7 @@
-"""LoRA through the `peft` library: adapters on every block's qkv, proj, fc1 and fc2.
+"""LoRA through the `peft` library: adapters on the linear layers the backbone names.
+
+The targets are the backbone's own `info.adapter_targets` (for the timm ViTs and
+Swins: every block's qkv, proj, fc1 and fc2), so the tuner holds no model's names.
 
 The backbone stays dense and frozen; only the adapters (and the classifier, as
 in the paper's fine-tuning) train. Parameters are counted as the paper counts
@@ -7,16 +10,20 @@ them: frozen backbone plus adapters, so LoRA rows are larger than the dense mode
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from torch import nn
 
 from common.errors import PelaBenchError
 from methods.base import Method, MethodOptions, frozen_copy, refuse_ratio, register_method
+from methods.lowrank import matches_any
 
-# Full-name regex for peft: the four linear maps of every transformer block (ViT
-# `blocks.i`, Swin `layers.i.blocks.j`), and not `patch_embed.proj`, a convolution.
-TARGET_MODULES = r".*blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
+
+def adapter_targets(backbone: nn.Module) -> list[str]:
+    """Names (inside `backbone.model`) of the linear layers matching `info.adapter_targets`."""
+    patterns = backbone.info.adapter_targets
+    return [n for n, m in backbone.model.named_modules() if isinstance(m, nn.Linear) and matches_any(n, patterns)]
 
 
 @dataclass
@@ -37,14 +44,26 @@ class Lora(Method):
     takes_ratio = False
     options_cls = LoraOptions
 
+    @staticmethod
+    def check_backbone(info) -> None:
+        if not info.adapter_targets:
+            raise PelaBenchError(f"lora does not apply to {info.name}: the backbone names no adapter targets")
+
     def build_student(self, teacher: nn.Module) -> nn.Module:
         from peft import LoraConfig, inject_adapter_in_model  # heavy import, only when used
 
         opts: LoraOptions = self.options
         student = frozen_copy(teacher)
+        targets = adapter_targets(student)
+        if not targets:
+            raise PelaBenchError(f"lora: no linear layer of {teacher.info.name} matches its adapter targets "
+                                 f"{list(teacher.info.adapter_targets)}")
+        # Exact names, anchored: peft would otherwise also match any module whose name ends the same way.
+        pattern = "^(" + "|".join(re.escape(t) for t in targets) + ")$"
         config = LoraConfig(r=opts.rank, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
-                            target_modules=TARGET_MODULES, bias="none")
+                            target_modules=pattern, bias="none")
         inject_adapter_in_model(config, student.model)
+        heads = tuple(f"model.{c}." for c in teacher.info.classifier)
         for name, p in student.named_parameters():
-            p.requires_grad_("lora_" in name or (opts.train_head and name.startswith("model.head.")))
+            p.requires_grad_("lora_" in name or (opts.train_head and name.startswith(heads)))
         return student

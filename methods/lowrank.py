@@ -148,14 +148,3 @@ def factorize(model: nn.Module, ratio: float | None = None, omit: Iterable[str] 
 
 def lowrank_modules(model: nn.Module) -> dict[str, LowRankLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LowRankLinear)}
-
-
-def count_params(model: nn.Module) -> int:
-    """Parameters counted once each, shared tensors included once."""
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total

@@ -12,10 +12,11 @@ the suite is evaluated right after pre-training, the student also keeps the
 base classification loss on the full image (PELA's L_base); `base_weight=0`
 gives MaskAlign's objective alone.
 
-Swin's shifted windows need the full token grid, so there the student sees the
-image with the hidden patches replaced by a learned mask token (SimMIM's way of
-masking Swin), hidden in units of the last stage's cell; Swin has no class
-token to guide the choice, so those units are drawn at random (seeded). Each
+A backbone whose masking is "mask_token" (Swin: shifted windows need the full
+token grid) shows the student the image with the hidden patches replaced by a
+learned mask token (SimMIM's way of masking Swin), hidden in units of the last
+stage's cell; Swin has no class token to guide the choice, so those units are
+drawn at random (seeded). Each
 student block is aligned with its depth-mapped teacher block, mixing only the
 student blocks of the same stage (the only ones of the same shape).
 
@@ -26,14 +27,16 @@ removes them, so the deployed student is the plain half-depth backbone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from common.errors import PelaBenchError
-from methods.base import Batch, Method, MethodOptions, refuse_ratio, register_method
-from methods.tinybert import attention_scores, halve_depth
+from common.objective import Batch, Objective
+from methods.base import Method, MethodOptions, refuse_ratio, register_method
+from methods.tinybert import check_halvable, halve_depth
 
 
 class DynamicAlignment(nn.Module):
@@ -72,36 +75,6 @@ def teacher_guided_keep(cls_scores: torch.Tensor, keep: int) -> torch.Tensor:
     return attn.topk(keep, dim=-1).indices.sort(dim=-1).values
 
 
-def forward_visible(vit: nn.Module, images: torch.Tensor, keep_idx: torch.Tensor) -> list[torch.Tensor]:
-    """Run a timm ViT on the class token plus the kept patches; every block's output."""
-    x = vit._pos_embed(vit.patch_embed(images))
-    prefix = vit.num_prefix_tokens
-    patches = x[:, prefix:].gather(1, keep_idx[..., None].expand(-1, -1, x.shape[-1]))
-    x = vit.norm_pre(torch.cat([x[:, :prefix], patches], dim=1))
-    outputs = []
-    for blk in vit.blocks:
-        x = blk(x)
-        outputs.append(x)
-    return outputs
-
-
-def forward_masked_swin(swin: nn.Module, images: torch.Tensor, visible: torch.Tensor,
-                        mask_token: torch.Tensor) -> list[torch.Tensor]:
-    """Run a timm Swin with hidden patches replaced by `mask_token`; every block's output.
-
-    `visible`: (B, H, W) booleans on the patch grid.
-    """
-    x = swin.patch_embed(images)  # (B, H, W, C)
-    x = torch.where(visible[..., None], x, mask_token.to(x.dtype).expand_as(x))
-    outputs = []
-    for stage in swin.layers:
-        x = stage.downsample(x)
-        for blk in stage.blocks:
-            x = blk(x)
-            outputs.append(x)
-    return outputs
-
-
 def random_cell_mask(batch: int, grid: int, cell: int, mask_ratio: float, generator: torch.Generator) -> torch.Tensor:
     """(B, grid, grid) visibility, hidden in square units of `cell` patches."""
     cells = grid // cell
@@ -111,12 +84,6 @@ def random_cell_mask(batch: int, grid: int, cell: int, mask_ratio: float, genera
     visible.scatter_(1, order[:, :keep], True)
     visible = visible.reshape(batch, cells, cells)
     return visible.repeat_interleave(cell, 1).repeat_interleave(cell, 2)
-
-
-def _stage_of_blocks(backbone: nn.Module) -> list[int]:
-    if backbone.info.family == "vit":
-        return [0] * len(backbone.blocks())
-    return [s for s, stage in enumerate(backbone.model.layers) for _ in stage.blocks]
 
 
 @dataclass
@@ -136,15 +103,32 @@ class MaskAlign(Method):
     takes_ratio = False
     options_cls = MaskAlignOptions
 
+    @staticmethod
+    def check_backbone(info) -> None:
+        check_halvable("maskalign", info)
+        if info.masking not in ("drop", "mask_token"):
+            raise PelaBenchError(f"maskalign does not apply to {info.name}: the backbone declares no way to "
+                                 "hide image patches (masking 'drop' or 'mask_token')")
+        if info.masking == "drop" and not info.attention_scores:
+            raise PelaBenchError(f"maskalign does not apply to {info.name}: attentive masking reads the "
+                                 "teacher's attention, and the backbone declares none")
+
     def build_student(self, teacher: nn.Module) -> nn.Module:
+        self.check_backbone(teacher.info)
         student = halve_depth(teacher)
-        stages = _stage_of_blocks(student)
+        stages = student.block_stages()
         dims = [student.info.embed_dims[s] for s in stages]
         student.alignment = DynamicAlignment(dims, stages, stages)
-        if student.info.family == "swin":
+        if student.info.masking == "mask_token":
             student.mask_token = nn.Parameter(torch.zeros(student.info.embed_dims[0]))
         self._generator = torch.Generator().manual_seed(0)
         return student
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._generator.set_state(state["generator"])
 
     def finalize(self, student: nn.Module) -> nn.Module:
         for name in ("alignment", "mask_token"):
@@ -152,27 +136,28 @@ class MaskAlign(Method):
                 delattr(student, name)
         return student
 
-    def loss(self, student: nn.Module, teacher: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        if teacher.info.family == "swin":
-            align = self._swin_alignment(student, teacher, batch[0])
+    def loss(self, student: nn.Module, teacher: nn.Module, batch: Batch, base: Objective) -> dict[str, torch.Tensor]:
+        images = batch["image"]
+        if teacher.info.masking == "mask_token":
+            align = self._mask_token_alignment(student, teacher, images)
         else:
-            align = self._vit_alignment(student, teacher, batch[0])
+            align = self._dropped_token_alignment(student, teacher, images)
         terms = {"align": align.detach()}
         total = align
         if self.options.base_weight > 0:
-            base = F.cross_entropy(student(batch[0]), batch[1])
-            total = total + self.options.base_weight * base
-            terms["base"] = base.detach()
+            base_loss = base.loss(base.forward(student, batch), batch)
+            total = total + self.options.base_weight * base_loss
+            terms["base"] = base_loss.detach()
         terms["loss"] = total
         return terms
 
-    def _swin_alignment(self, student: nn.Module, teacher: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    def _mask_token_alignment(self, student: nn.Module, teacher: nn.Module, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            t_tokens = teacher.forward_tokens(images)
+            t_tokens = teacher.features({"image": images})["blocks"]
         grid = t_tokens[0].shape[1]
         cell = grid // t_tokens[-1].shape[1]  # one last-stage cell, in patches
         visible = random_cell_mask(len(images), grid, cell, self.options.mask_ratio, self._generator).to(images.device)
-        aligned = student.alignment(forward_masked_swin(student.model, images, visible, student.mask_token))
+        aligned = student.alignment(student.forward_masked(images, visible, student.mask_token))
         losses = []
         for a, t_index in zip(aligned, student.layer_map):
             t = t_tokens[t_index]
@@ -181,18 +166,18 @@ class MaskAlign(Method):
             losses.append(F.smooth_l1_loss(a[keep], F.layer_norm(t, t.shape[-1:])[keep], beta=self.options.smooth_l1_beta))
         return torch.stack(losses).mean()
 
-    def _vit_alignment(self, student: nn.Module, teacher: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), attention_scores(teacher) as scores:
-            t_tokens = teacher.forward_tokens(images)
-        n_patches = t_tokens[-1].shape[1] - teacher.model.num_prefix_tokens
+    def _dropped_token_alignment(self, student: nn.Module, teacher: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), teacher.attention_scores() as scores:
+            t_tokens = teacher.features({"image": images})["blocks"]
+        prefix = teacher.num_prefix_tokens
+        n_patches = t_tokens[-1].shape[1] - prefix
         keep = max(1, round(n_patches * (1 - self.options.mask_ratio)))
         keep_idx = teacher_guided_keep(scores[-1][:, :, 0, :], keep)
-        prefix = teacher.model.num_prefix_tokens
         visible = torch.cat([torch.arange(prefix).expand(len(images), -1), keep_idx + prefix], dim=1)
         targets = [
             F.layer_norm(t, t.shape[-1:]).gather(1, visible[..., None].expand(-1, -1, t.shape[-1]))
             for t in t_tokens[-student.info.depth:]
         ]
-        aligned = student.alignment(forward_visible(student.model, images, keep_idx))
+        aligned = student.alignment(student.forward_visible(images, keep_idx))
         return torch.stack([F.smooth_l1_loss(a, t, beta=self.options.smooth_l1_beta)
                             for a, t in zip(aligned, targets)]).mean()

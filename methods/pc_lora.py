@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.errors import PelaBenchError
-from methods.base import Batch, Method, MethodOptions, frozen_copy, register_method
+from common.objective import Batch, Objective
+from methods.base import Method, MethodOptions, frozen_copy, register_method
 from methods.lowrank import LowRankLinear, _preset, lowrank_rank, matches_any
-from methods.pela import feature_distillation
+from methods.pela import feature_distillation, forward_with_features
 
 SCHEDULES = ("sine", "linear", "cosine")
 
@@ -136,13 +137,10 @@ class PCLoRA(Method):
             setattr(student.get_submodule(parent) if parent else student, child, layer.to_lowrank())
         return student
 
-    def loss(self, student: nn.Module, teacher: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        images, labels = batch
+    def loss(self, student: nn.Module, teacher: nn.Module, batch: Batch, base: Objective) -> dict[str, torch.Tensor]:
         w = self.options.task_weight
-        logits, student_tokens = student.forward_with_tokens(images)
-        with torch.no_grad():
-            teacher_tokens = teacher.forward_tokens(images)
-        base = F.cross_entropy(logits, labels)
-        fd = feature_distillation(student_tokens, teacher_tokens)
-        return {"loss": w * base + (1 - w) * fd, "base": base.detach(), "fd": fd.detach(),
+        output, s_feats, t_feats = forward_with_features(student, teacher, batch, base)
+        base_loss = base.loss(output, batch)
+        fd = feature_distillation(s_feats, t_feats)
+        return {"loss": w * base_loss + (1 - w) * fd, "base": base_loss.detach(), "fd": fd.detach(),
                 "lambda": torch.tensor(self.lam)}

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.errors import PelaBenchError
-from methods.base import Batch, Method, MethodOptions, frozen_copy, register_method
+from common.objective import Batch, Objective
+from methods.base import Method, MethodOptions, frozen_copy, register_method
 from methods.lowrank import factorize, lowrank_modules
 
 RWP_FORMS = ("squared", "linear")
@@ -47,11 +48,27 @@ class PelaOptions(MethodOptions):
                 raise PelaBenchError(f"pela option {name} must be >= 0, got {getattr(self, name)}")
 
 
-def feature_distillation(student_tokens: list[torch.Tensor], teacher_tokens: list[torch.Tensor]) -> torch.Tensor:
-    if len(student_tokens) != len(teacher_tokens):
-        raise ValueError(f"{len(student_tokens)} student blocks vs {len(teacher_tokens)} teacher blocks")
-    terms = [F.mse_loss(s, t.detach()) for s, t in zip(student_tokens, teacher_tokens)]
+def feature_distillation(student: dict[str, list[torch.Tensor]], teacher: dict[str, list[torch.Tensor]]) -> torch.Tensor:
+    """Element-wise MSE of every hidden state to the teacher's, averaged over all layers of all groups."""
+    if set(student) != set(teacher):
+        raise ValueError(f"student feature groups {sorted(student)} vs teacher groups {sorted(teacher)}")
+    terms = []
+    for group, s_layers in student.items():
+        t_layers = teacher[group]
+        if len(s_layers) != len(t_layers):
+            raise ValueError(f"{group}: {len(s_layers)} student layers vs {len(t_layers)} teacher layers")
+        terms += [F.mse_loss(s, t.detach()) for s, t in zip(s_layers, t_layers)]
     return torch.stack(terms).mean()
+
+
+def forward_with_features(student: nn.Module, teacher: nn.Module, batch: Batch, base: Objective
+                          ) -> tuple[object, dict[str, list[torch.Tensor]], dict[str, list[torch.Tensor]]]:
+    """The student's output and hidden states, and the teacher's hidden states, on one batch."""
+    with student.capture_features() as s_feats:
+        output = base.forward(student, batch)
+    with torch.no_grad(), teacher.capture_features() as t_feats:
+        base.forward(teacher, batch)
+    return output, s_feats, t_feats
 
 
 def weight_perturbation(student: nn.Module, teacher: nn.Module, epsilon: float, form: str = "squared") -> torch.Tensor:
@@ -75,21 +92,21 @@ class Pela(Method):
     def build_student(self, teacher: nn.Module) -> nn.Module:
         return factorize(frozen_copy(teacher), ratio=self.options.ratio, omit=self.options.keep_full_rank)
 
-    def loss(self, student: nn.Module, teacher: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        images, labels = batch
+    def table_fields(self) -> dict[str, bool]:
+        return {"fd": self.trains and self.options.alpha > 0, "rwp": self.trains and self.options.beta > 0}
+
+    def loss(self, student: nn.Module, teacher: nn.Module, batch: Batch, base: Objective) -> dict[str, torch.Tensor]:
         opts: PelaOptions = self.options
         terms: dict[str, torch.Tensor] = {}
         if opts.alpha > 0:
-            logits, student_tokens = student.forward_with_tokens(images)
-            with torch.no_grad():
-                teacher_tokens = teacher.forward_tokens(images)
-            fd = feature_distillation(student_tokens, teacher_tokens)
+            output, s_feats, t_feats = forward_with_features(student, teacher, batch, base)
+            fd = feature_distillation(s_feats, t_feats)
         else:
-            logits = student(images)
+            output = base.forward(student, batch)
             fd = None
-        base = F.cross_entropy(logits, labels)
-        total = base
-        terms["base"] = base.detach()
+        base_loss = base.loss(output, batch)
+        total = base_loss
+        terms["base"] = base_loss.detach()
         if fd is not None:
             total = total + opts.alpha * fd
             terms["fd"] = fd.detach()

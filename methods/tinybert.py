@@ -16,67 +16,46 @@ objectives at one parameter budget.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from common.errors import PelaBenchError
-from methods.base import Batch, Method, MethodOptions, frozen_copy, refuse_ratio, register_method
+from common.objective import Batch, Objective
+from methods.base import Method, MethodOptions, frozen_copy, refuse_ratio, register_method
+
+
+def check_halvable(method: str, info) -> None:
+    if not info.halvable_stages:
+        raise PelaBenchError(f"{method} does not apply to {info.name}: its student drops blocks, and the backbone "
+                             "declares no block stages to thin")
 
 
 def halve_depth(teacher: nn.Module) -> nn.Module:
-    """A copy of `teacher` keeping blocks 2, 4, ... of each halved stage.
+    """A copy of `teacher` keeping blocks 2, 4, ... of each halved stage (`Backbone.stages`).
 
-    A plain ViT is one stage. Swin halves only its stages deeper than two blocks
-    (Swin-B's third stage, 18 -> 9), which is what the paper's 58.6 M for Swin-B
-    implies; a Swin with no such stage halves its two-block stages instead.
+    A plain ViT is one stage. A hierarchical backbone halves only its stages deeper
+    than two blocks (Swin-B's third stage, 18 -> 9), which is what the paper's 58.6 M
+    for Swin-B implies; one with no such stage halves its two-block stages instead.
     `student.layer_map[m]` is the teacher block (flat index) that student block m
     copies and learns from.
     """
+    check_halvable("a depth-halved student", teacher.info)
     student = frozen_copy(teacher)
-    info = teacher.info
-    if info.family == "vit":
-        stages = [student.model]
-    elif info.family == "swin":
-        stages = list(student.model.layers)
-    else:
-        raise PelaBenchError(f"cannot halve the depth of a {info.family} backbone")
+    stages = student.stages()
     min_depth = 3 if max(len(stage.blocks) for stage in stages) > 2 else 2
     layer_map, offset = [], 0
     for stage in stages:
         n = len(stage.blocks)
-        halve = n > 1 and (info.family == "vit" or n >= min_depth)
-        keep = list(range(1, n, 2)) if halve else list(range(n))
+        keep = list(range(1, n, 2)) if n > 1 and n >= min_depth else list(range(n))
         stage.blocks = nn.Sequential(*[stage.blocks[i] for i in keep])
         layer_map += [offset + i for i in keep]
         offset += n
-    student.info = replace(info, depth=len(layer_map))
+    student.info = replace(student.info, depth=len(layer_map))
     student.layer_map = layer_map
     return student
-
-
-@contextmanager
-def attention_scores(backbone: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Collect every block's pre-softmax attention scores, (batch, heads, N, N), during a forward."""
-    scores: list[torch.Tensor] = []
-
-    def hook(attn: nn.Module):
-        def fn(_module, _inputs, qkv: torch.Tensor) -> None:
-            b, n, _ = qkv.shape
-            q, k, _v = qkv.reshape(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-            scores.append((q * attn.scale) @ k.transpose(-2, -1))
-        return fn
-
-    handles = [blk.attn.qkv.register_forward_hook(hook(blk.attn)) for blk in backbone.blocks()]
-    try:
-        yield scores
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -103,24 +82,32 @@ class TinyBert(Method):
     options_cls = TinyBertOptions
     progress: float = 0.0
 
+    @staticmethod
+    def check_backbone(info) -> None:
+        check_halvable("tinybert", info)
+        if not info.attention_scores:
+            raise PelaBenchError(f"tinybert does not apply to {info.name}: it distils attention scores, and the "
+                                 "backbone declares no readable attention")
+
     def build_student(self, teacher: nn.Module) -> nn.Module:
         return halve_depth(teacher)
 
     def on_step(self, student: nn.Module, progress: float) -> None:
         self.progress = progress
 
-    def loss(self, student: nn.Module, teacher: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        images, _labels = batch
+    def loss(self, student: nn.Module, teacher: nn.Module, batch: Batch, base: Objective) -> dict[str, torch.Tensor]:
         if self.progress < self.options.intermediate_fraction:
-            with attention_scores(student) as s_attn:
-                _, s_tokens = student.forward_with_tokens(images)
-            with torch.no_grad(), attention_scores(teacher) as t_attn:
-                _, t_tokens = teacher.forward_with_tokens(images)
+            with student.attention_scores() as s_attn, student.capture_features() as s_feats:
+                base.forward(student, batch)
+            with torch.no_grad(), teacher.attention_scores() as t_attn, teacher.capture_features() as t_feats:
+                base.forward(teacher, batch)
             pairs = list(enumerate(student.layer_map))
+            s_tokens, t_tokens = s_feats["blocks"], t_feats["blocks"]
             attn = torch.stack([F.mse_loss(s_attn[m], t_attn[t]) for m, t in pairs]).mean()
             hidden = torch.stack([F.mse_loss(s_tokens[m], t_tokens[t]) for m, t in pairs]).mean()
             return {"loss": attn + hidden, "attn": attn.detach(), "hidden": hidden.detach()}
+        # Prediction-layer distillation replaces the base objective: TinyBERT's own recipe.
         with torch.no_grad():
-            t_logits = teacher(images)
-        pred = soft_cross_entropy(student(images), t_logits, self.options.temperature)
+            t_logits = base.forward(teacher, batch)
+        pred = soft_cross_entropy(base.forward(student, batch), t_logits, self.options.temperature)
         return {"loss": pred, "pred": pred.detach()}

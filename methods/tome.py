@@ -216,12 +216,12 @@ class ToMe(Method):
     # ToMe's paper and this benchmark apply it to classification; a dense head would
     # need every merged token unmerged back onto the grid (`ToMeState.unmerge`), which
     # is not wired into the pyramid yet.
-    dense_unsupported = "token merging leaves no per-patch feature map for a dense head"
+    lacks = {"pyramid": "token merging leaves no per-patch feature map for a dense head"}
     options_cls = ToMeOptions
 
     @staticmethod
     def check_backbone(info) -> None:
-        if info.family != "vit":
+        if not info.token_merging:
             raise PelaBenchError(
                 f"tome does not apply to {info.name}: token merging needs a plain ViT's global attention "
                 "(the paper leaves Swin out too)"
@@ -230,6 +230,7 @@ class ToMe(Method):
     def build_student(self, teacher: nn.Module) -> nn.Module:
         self.check_backbone(teacher.info)
         student = frozen_copy(teacher)
-        r = self.options.r if self.options.r is not None else default_r(student.model)
-        apply_tome(student.model, r, self.options.proportional_attention)
+        encoder = student.token_encoder()
+        r = self.options.r if self.options.r is not None else default_r(encoder)
+        apply_tome(encoder, r, self.options.proportional_attention)
         return student

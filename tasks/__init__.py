@@ -1,35 +1,27 @@
-"""Downstream tasks, one file each; the synthetic world generator in `synthetic.py`.
+"""Tasks, one file each, one contract (`tasks.base.Task`); the synthetic world in `synthetic.py`.
 
 Segmentation and detection import the OpenMMLab toolboxes only when they run, so
-classification-only use never pays for (or depends on) them.
+classification-only use never pays for them.
 """
 
 from __future__ import annotations
 
-from common.errors import PelaBenchError
-from tasks.classification import ClassificationTask
-from tasks.detection import DetectionTask
-from tasks.segmentation import SegmentationTask
+from tasks.base import (
+    PLANNED_TASKS,
+    Column,
+    Metric,
+    RunContext,
+    Task,
+    TaskData,
+    TaskResult,
+    canonical_task_name,
+    create_task,
+    list_tasks,
+    register_task,
+)
 
-_TASKS = {"cls": ClassificationTask, "seg": SegmentationTask, "det": DetectionTask}
-_ALIASES = {"classification": "cls", "segmentation": "seg", "detection": "det"}
-DENSE_TASKS = ("seg", "det")
-# Named in the paper and planned; the CLI refuses them up front until they land.
-PLANNED_TASKS = ("retrieval", "vqa", "ve", "grounding")
+# Import the task files so they register themselves.
+from tasks import classification, detection, segmentation  # noqa: E402,F401
 
-
-def list_tasks() -> list[str]:
-    return sorted(_TASKS)
-
-
-def create_task(name: str):
-    key = _ALIASES.get(name, name)
-    if key in _TASKS:
-        return _TASKS[key]()
-    if key in PLANNED_TASKS:
-        raise PelaBenchError(f"task {name!r} is not implemented yet; available tasks: {', '.join(list_tasks())}")
-    raise PelaBenchError(f"unknown task {name!r}; available tasks: {', '.join(list_tasks())}")
-
-
-__all__ = ["ClassificationTask", "SegmentationTask", "DetectionTask", "DENSE_TASKS", "create_task", "list_tasks",
-           "PLANNED_TASKS"]
+__all__ = ["Column", "Metric", "PLANNED_TASKS", "RunContext", "Task", "TaskData", "TaskResult",
+           "canonical_task_name", "create_task", "list_tasks", "register_task"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,8 @@ from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
 from common.errors import PelaBenchError
-from tasks.synthetic import read_marker
+from tasks.base import Metric, RunContext, Task, TaskData, TaskResult, check_files, register_task
+from tasks.synthetic import WorldConfig, read_marker, write_classification
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,6 +40,21 @@ class ClassificationData:
     val: Dataset
     classes: list[str]
     provenance: str  # "synthetic" or "real"
+    img_size: int = 224
+
+
+class DictSamples(Dataset):
+    """An ``(image, label)`` data set as dict samples, the batch format of every task."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, label = self.dataset[index]
+        return {"image": image, "label": label}
 
 
 def _transforms(img_size: int, synthetic: bool) -> tuple[T.Compose, T.Compose]:
@@ -79,35 +96,100 @@ def image_folder_datasets(root: str | Path, img_size: int) -> ClassificationData
     val = _folder(root / "val", val_tf)
     if train.classes != val.classes:
         raise PelaBenchError(f"{root}/train and {root}/val have different class folders")
-    return ClassificationData(train, val, list(train.classes), "synthetic" if synthetic else "real")
+    return ClassificationData(train, val, list(train.classes), "synthetic" if synthetic else "real", img_size)
 
 
-class ClassificationTask:
-    """The classification task: the backbone's own head, cross-entropy, top-1/top-5."""
+@dataclass(frozen=True)
+class ClassificationSchedule:
+    """Evaluation settings and the synthetic world's size (it is also the pre-training data)."""
+
+    synthetic_train: int
+    synthetic_val: int
+    eval_batch_size: int = 256
+    latency_repeats: int = 20
+
+
+class CrossEntropy:
+    """The classification objective: logits of ``batch["image"]`` against ``batch["label"]``."""
+
+    name = "cross_entropy"
+
+    def forward(self, model: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
+        return model(batch["image"])
+
+    def loss(self, output: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        return F.cross_entropy(output, batch["label"])
+
+
+@register_task
+class ClassificationTask(Task):
+    """Classification with the backbone's own head: cross-entropy, top-1/top-5 (Table 1).
+
+    The student is evaluated as pre-training left it (no fine-tune), as in the paper's
+    ImageNet rows; this task is also the vision backbones' pre-training task.
+    """
 
     name = "cls"
-    metric_names = ("top1", "top5")
+    aliases = ("classification",)
+    metrics = (Metric("top1", "top-1 (%)"), Metric("top5", "top-5 (%)"))
     primary_metric = "top1"
+    layout = "ImageNet image folder: <root>/{train,val}/<class>/<image>"
+    schedules = {
+        "tiny": ClassificationSchedule(synthetic_train=256, synthetic_val=64, eval_batch_size=64, latency_repeats=3),
+        "smoke": ClassificationSchedule(synthetic_train=3200, synthetic_val=800, latency_repeats=50),
+        "paper": ClassificationSchedule(synthetic_train=50_000, synthetic_val=10_000, latency_repeats=50),
+    }
 
-    def datasets(self, root: str | Path, img_size: int) -> ClassificationData:
-        return image_folder_datasets(root, img_size)
+    def synthetic_spec(self, schedule: ClassificationSchedule, img_size: int | None) -> dict[str, Any]:
+        return {"n_train": schedule.synthetic_train, "n_val": schedule.synthetic_val, "img_size": img_size or 64}
 
-    def build_model(self, backbone: nn.Module, num_classes: int) -> nn.Module:
-        if backbone.info.num_classes != num_classes:
-            backbone.reset_classifier(num_classes)
-        return backbone
+    def write_synthetic(self, root: Path, spec: dict[str, Any], seed: int, progress: bool) -> None:
+        write_classification(root, seed=seed, n_train=spec["n_train"], n_val=spec["n_val"],
+                             world=WorldConfig(img_size=spec["img_size"]), progress=progress)
 
-    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        images, labels = batch
-        loss = F.cross_entropy(model(images), labels)
-        return {"loss": loss}
+    def check_root(self, root: Path) -> None:
+        if not root.is_dir():
+            raise PelaBenchError(f"--data {self.name}={root} does not exist")
+        for split in ("train", "val"):
+            if not (root / split).is_dir():
+                raise PelaBenchError(f"--data {self.name}={root} has no '{split}' folder ({self.layout})")
+
+    def load(self, root: Path, schedule: ClassificationSchedule, img_size: int | None) -> TaskData:
+        data = image_folder_datasets(root, img_size or 224)
+        return TaskData(Path(root), data.provenance, data)
+
+    def check_data(self, data: TaskData, progress: bool = True) -> dict[str, int]:
+        return {split: check_files([Path(p) for p, _ in getattr(data.content, split).samples],
+                                   f"checking {split}", progress) for split in ("train", "val")}
+
+    def objective(self) -> CrossEntropy:
+        return CrossEntropy()
+
+    def train_split(self, data: TaskData) -> Dataset:
+        return DictSamples(data.content.train)
+
+    def backbone_overrides(self, data: TaskData) -> dict[str, Any]:
+        return {"num_classes": len(data.content.classes)}
+
+    def run(self, student: nn.Module, data: TaskData, schedule: ClassificationSchedule, ctx: RunContext) -> TaskResult:
+        loader = DataLoader(DictSamples(data.content.val), batch_size=schedule.eval_batch_size, shuffle=False,
+                            num_workers=ctx.workers, pin_memory=ctx.device.type == "cuda")
+        return TaskResult(self.evaluate(student, loader, ctx.device), student)
+
+    def example_inputs(self, data: TaskData, schedule: ClassificationSchedule, model: nn.Module, batch_size: int
+                       ) -> dict[str, torch.Tensor]:
+        size = data.content.img_size
+        return {"image": torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))}
+
+    def input_size(self, schedule: ClassificationSchedule, data: TaskData) -> int:
+        return data.content.img_size
 
     @torch.inference_mode()
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu") -> dict[str, float]:
         model.eval()
         correct1 = correct5 = total = 0
-        for images, labels in loader:
-            images, labels = images.to(device), labels.to(device)
+        for batch in loader:
+            images, labels = batch["image"].to(device), batch["label"].to(device)
             logits = model(images)
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
             hits = top.eq(labels[:, None])

@@ -21,8 +21,9 @@ from torch import nn
 
 from backbones.base import Backbone
 from common.errors import PelaBenchError
-from tasks.dense import DenseInference, DenseResult, DenseSchedule, fit_and_test, init_weights_quietly, train_step
-from tasks.synthetic import DET_CLASSES, read_marker
+from tasks.base import Metric, TaskData, check_files, register_task
+from tasks.mm.engine import MMSchedule, MMTask, init_weights_quietly
+from tasks.synthetic import DET_CLASSES, dense_world, read_marker, write_detection
 
 log = logging.getLogger("pela_bench")
 
@@ -172,7 +173,7 @@ def _rcnn_train(iou: float, samples: int) -> dict[str, Any]:
                 mask_size=28, pos_weight=-1, debug=False)
 
 
-def build_detector(backbone: Backbone, num_classes: int, s: DenseSchedule) -> nn.Module:
+def build_detector(backbone: Backbone, num_classes: int, s: MMSchedule) -> nn.Module:
     """mmdet's Cascade Mask R-CNN (Swin's 4conv1fc / GIoU variant) over a project backbone."""
     _register()
     import mmdet.models  # noqa: F401
@@ -226,7 +227,7 @@ def build_detector(backbone: Backbone, num_classes: int, s: DenseSchedule) -> nn
     return model
 
 
-def _pipelines(s: DenseSchedule) -> tuple[list[dict], list[dict]]:
+def _pipelines(s: MMSchedule) -> tuple[list[dict], list[dict]]:
     load = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
             dict(type="CheckDetSample")]
     if s.multiscale:  # the 3x recipe: short side 480-800 in steps of 32, long side at most 1333
@@ -241,33 +242,78 @@ def _pipelines(s: DenseSchedule) -> tuple[list[dict], list[dict]]:
     return train, test
 
 
-class DetectionTask:
+# The Swin Cascade Mask R-CNN 3x schedule at paper scale: 36 epochs, 16 images, AdamW 1e-4, steps at
+# 27 and 33, multi-scale training (short side 480-800). Smoke and tiny runs use a smaller RoI budget.
+DET_SCHEDULES = {
+    "tiny": MMSchedule(by_epoch=False, length=2, batch_size=2, lr=1e-4, weight_decay=0.05, warmup_iters=1,
+                       img_scale=(64, 64), val_subset=2, log_interval=1, rpn_train_proposals=100,
+                       rcnn_train_samples=32, rpn_test_proposals=20, synthetic_train=8, synthetic_val=4,
+                       latency_repeats=1),
+    "smoke": MMSchedule(by_epoch=False, length=3, batch_size=2, lr=1e-4, weight_decay=0.05, warmup_iters=2,
+                        img_scale=(128, 128), val_subset=2, log_interval=1, rpn_train_proposals=200,
+                        rcnn_train_samples=64, rpn_test_proposals=50, synthetic_train=64, synthetic_val=16,
+                        latency_repeats=2),
+    "paper": MMSchedule(by_epoch=True, length=36, batch_size=16, lr=1e-4, weight_decay=0.05, warmup_iters=1000,
+                        img_scale=(1333, 800), multiscale=True, milestones=(27, 33), checkpoint_interval=1,
+                        synthetic_train=20_000, synthetic_val=2_000),
+}
+
+
+@register_task
+class DetectionTask(MMTask):
     """Cascade Mask R-CNN; metrics box and mask AP (COCO, percent)."""
 
     name = "det"
-    metric_names = ("AP_box", "AP50_box", "AP75_box", "AP_mask", "AP50_mask", "AP75_mask")
+    aliases = ("detection",)
+    metrics = (Metric("AP_box", "AP box"), Metric("AP50_box", "AP50 box", in_table=False),
+               Metric("AP75_box", "AP75 box", in_table=False), Metric("AP_mask", "AP mask"),
+               Metric("AP50_mask", "AP50 mask", in_table=False), Metric("AP75_mask", "AP75 mask", in_table=False))
     primary_metric = "AP_box"
     scope = "mmdet"
+    sample_cls_path = "mmdet.structures:DetDataSample"
+    schedules = DET_SCHEDULES
+    layout = "COCO: train2017/, val2017/ and annotations/instances_{train,val}2017.json"
 
-    def datasets(self, root: str | Path) -> DetData:
+    def synthetic_spec(self, schedule: MMSchedule, img_size: int | None) -> dict[str, Any]:
+        return {"n_train": schedule.synthetic_train, "n_val": schedule.synthetic_val, "img_size": schedule.input_size}
+
+    def write_synthetic(self, root: Path, spec: dict[str, Any], seed: int, progress: bool) -> None:
+        write_detection(root, seed=seed, n_train=spec["n_train"], n_val=spec["n_val"],
+                        world=dense_world(spec["img_size"]), progress=progress)
+
+    def check_root(self, root: Path) -> None:
+        if not Path(root).is_dir():
+            raise PelaBenchError(f"--data {self.name}={root} does not exist")
+
+    def load(self, root: Path, schedule: MMSchedule, img_size: int | None) -> TaskData:
         _register()
-        return load_det_data(root)
+        data = load_det_data(root)
+        return TaskData(data.root, data.provenance, data, audit=data.audit)
 
-    def build_model(self, backbone: Backbone, data: DetData, schedule: DenseSchedule) -> nn.Module:
-        return build_detector(backbone, len(data.classes), schedule)
+    def check_data(self, data: TaskData, progress: bool = True) -> dict[str, int]:
+        counts = {}
+        for split, folder in SPLITS.items():
+            images = json.loads(ann_file(data.root, split).read_text())["images"]
+            counts[folder] = check_files([data.root / folder / img["file_name"] for img in images],
+                                         f"checking {folder}", progress)
+        return counts
 
-    def loaders(self, data: DetData, s: DenseSchedule, *, workers: int, train_batch: int | None = None
+    def build_model(self, backbone: Backbone, data: TaskData, schedule: MMSchedule) -> nn.Module:
+        return build_detector(backbone, len(data.content.classes), schedule)
+
+    def loaders(self, data: TaskData, s: MMSchedule, *, workers: int, train_batch: int | None = None
                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+        det: DetData = data.content
         train_pipe, test_pipe = _pipelines(s)
-        meta = dict(classes=data.classes)
-        common = dict(type="CocoDataset", data_root=str(data.root), metainfo=meta)
+        meta = dict(classes=det.classes)
+        common = dict(type="CocoDataset", data_root=str(det.root), metainfo=meta)
         train = dict(batch_size=train_batch or s.batch_size, num_workers=workers, persistent_workers=workers > 0,
                      sampler=dict(type="DefaultSampler" if s.by_epoch else "InfiniteSampler", shuffle=True),
                      batch_sampler=dict(type="AspectRatioBatchSampler"),
-                     dataset=dict(**common, ann_file=str(ann_file(data.root, "train").relative_to(data.root)),
+                     dataset=dict(**common, ann_file=str(ann_file(det.root, "train").relative_to(det.root)),
                                   data_prefix=dict(img=f"{SPLITS['train']}/"),
                                   filter_cfg=dict(filter_empty_gt=True, min_size=32), pipeline=train_pipe))
-        val_ds = dict(**common, ann_file=str(ann_file(data.root, "val").relative_to(data.root)),
+        val_ds = dict(**common, ann_file=str(ann_file(det.root, "val").relative_to(det.root)),
                       data_prefix=dict(img=f"{SPLITS['val']}/"), test_mode=True, pipeline=test_pipe)
         if s.val_subset:
             val_ds["indices"] = s.val_subset
@@ -275,41 +321,19 @@ class DetectionTask:
                     sampler=dict(type="DefaultSampler", shuffle=False), dataset=val_ds)
         return train, test
 
-    def evaluator(self, data: DetData, s: DenseSchedule) -> dict[str, Any]:
+    def evaluator(self, data: TaskData, s: MMSchedule) -> dict[str, Any]:
         # mmdet's own metric on the full split; on a subset, the one that scores only what was evaluated.
         return dict(type="EvaluatedImagesCocoMetric" if s.val_subset else "CocoMetric",
-                    ann_file=str(ann_file(data.root, "val")), metric=["bbox", "segm"], format_only=False)
+                    ann_file=str(ann_file(data.content.root, "val")), metric=["bbox", "segm"], format_only=False)
 
-    def inference_module(self, model: nn.Module) -> nn.Module:
-        from mmdet.structures import DetDataSample
-
-        return DenseInference(model, DetDataSample)
-
-    def train_step(self, model: nn.Module, data, s: DenseSchedule, batch_size: int):
-        train, _ = self.loaders(data, s, workers=0, train_batch=batch_size)
-        return train_step(model, self.scope, train)
-
-    def run(self, backbone: Backbone, data: DetData, s: DenseSchedule, *, work_dir: Path, seed: int,
-            device: torch.device, workers: int = 1, train_batch: int | None = None,
-            progress: bool = True) -> DenseResult:
-        from mmengine.runner import set_random_seed
-
-        set_random_seed(seed)
-        model = self.build_model(backbone, data, s)
-        train, test = self.loaders(data, s, workers=workers, train_batch=train_batch)
-        result = fit_and_test(model=model, scope=self.scope, schedule=s, train_loader=train, test_loader=test,
-                              evaluator=self.evaluator(data, s), work_dir=work_dir, seed=seed, device=device,
-                              progress=progress)
-        raw = result.metrics
+    def postprocess(self, raw: dict[str, float], s: MMSchedule) -> dict[str, float]:
         if not raw:
             # mmdet's COCO metric returns nothing when no image kept a single box above the
             # score threshold; by definition every AP is then 0 (a short smoke run does this).
             log.warning("det: the detector kept no box on any of the %s test images: every AP is 0",
                         s.val_subset or "all")
             raw = {v: 0.0 for v in _COCO_KEYS.values()}
-        names = _COCO_KEYS
-        if names["AP_box"] not in raw:
+        if _COCO_KEYS["AP_box"] not in raw:
             raise PelaBenchError(f"detection evaluation returned no box AP (got {sorted(raw)})")
         # pycocotools reports -1 when a split has no ground truth of a kind; keep that visible as NaN.
-        result.metrics = {k: (100.0 * raw[v] if raw[v] >= 0 else float("nan")) for k, v in names.items() if v in raw}
-        return result
+        return {k: (100.0 * raw[v] if raw[v] >= 0 else float("nan")) for k, v in _COCO_KEYS.items() if v in raw}

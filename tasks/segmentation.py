@@ -22,8 +22,9 @@ from torch import nn
 
 from backbones.base import Backbone
 from common.errors import PelaBenchError
-from tasks.dense import DenseInference, DenseResult, DenseSchedule, fit_and_test, init_weights_quietly, train_step
-from tasks.synthetic import SEG_CLASSES, read_marker
+from tasks.base import Metric, TaskData, check_files, register_task
+from tasks.mm.engine import MMSchedule, MMTask, init_weights_quietly
+from tasks.synthetic import SEG_CLASSES, dense_world, read_marker, write_segmentation
 
 log = logging.getLogger("pela_bench")
 
@@ -110,7 +111,7 @@ def load_seg_data(root: str | Path) -> SegData:
     return SegData(root, tuple(ADE20KDataset.METAINFO["classes"]), "real", "ADE20KDataset")
 
 
-def _pipelines(s: DenseSchedule, num_classes: int) -> tuple[list[dict], list[dict]]:
+def _pipelines(s: MMSchedule, num_classes: int) -> tuple[list[dict], list[dict]]:
     crop = s.crop_size or (s.img_scale[1], s.img_scale[1])
     train = [
         dict(type="LoadImageFromFile"),
@@ -132,7 +133,7 @@ def _pipelines(s: DenseSchedule, num_classes: int) -> tuple[list[dict], list[dic
     return train, test
 
 
-def build_segmentor(backbone: Backbone, num_classes: int, s: DenseSchedule) -> nn.Module:
+def build_segmentor(backbone: Backbone, num_classes: int, s: MMSchedule) -> nn.Module:
     """mmseg's UperNet (+ auxiliary FCN head) over a project backbone."""
     _register()
     import mmseg.models  # noqa: F401  (registers UPerHead and friends)
@@ -165,26 +166,67 @@ def build_segmentor(backbone: Backbone, num_classes: int, s: DenseSchedule) -> n
     return model
 
 
-class SegmentationTask:
+# mmseg's UperNet ADE20K schedule at paper scale: 160k iterations, 16 x 512^2 crops, AdamW 6e-5,
+# poly decay. Smoke runs check that the whole pipeline trains, evaluates and is measured at 128 px
+# on a 2-core CPU in a handful of iterations; tiny does the same on fewer scenes.
+SEG_SCHEDULES = {
+    "tiny": MMSchedule(by_epoch=False, length=2, batch_size=2, lr=2e-4, weight_decay=0.01, warmup_iters=1,
+                       img_scale=(256, 64), crop_size=(64, 64), val_subset=2, log_interval=1,
+                       synthetic_train=8, synthetic_val=4, latency_repeats=1),
+    "smoke": MMSchedule(by_epoch=False, length=4, batch_size=2, lr=2e-4, weight_decay=0.01, warmup_iters=2,
+                        img_scale=(512, 128), crop_size=(128, 128), val_subset=4, log_interval=1,
+                        synthetic_train=64, synthetic_val=16, latency_repeats=2),
+    "paper": MMSchedule(by_epoch=False, length=160_000, batch_size=16, lr=6e-5, weight_decay=0.01,
+                        warmup_iters=1500, img_scale=(2048, 512), crop_size=(512, 512), checkpoint_interval=16_000,
+                        synthetic_train=20_000, synthetic_val=2_000),
+}
+
+
+@register_task
+class SegmentationTask(MMTask):
     """UperNet semantic segmentation; metrics mIoU, mAcc, aAcc (percent)."""
 
     name = "seg"
-    metric_names = ("mIoU", "mAcc", "aAcc")
+    aliases = ("segmentation",)
+    metrics = (Metric("mIoU", "mIoU (%)"), Metric("mAcc", "mAcc (%)", in_table=False),
+               Metric("aAcc", "aAcc (%)", in_table=False))
     primary_metric = "mIoU"
     scope = "mmseg"
+    sample_cls_path = "mmseg.structures:SegDataSample"
+    schedules = SEG_SCHEDULES
+    layout = "ADE20K: images/{training,validation}/*.jpg and annotations/{training,validation}/*.png"
 
-    def datasets(self, root: str | Path) -> SegData:
+    def synthetic_spec(self, schedule: MMSchedule, img_size: int | None) -> dict[str, Any]:
+        return {"n_train": schedule.synthetic_train, "n_val": schedule.synthetic_val, "img_size": schedule.input_size}
+
+    def write_synthetic(self, root: Path, spec: dict[str, Any], seed: int, progress: bool) -> None:
+        write_segmentation(root, seed=seed, n_train=spec["n_train"], n_val=spec["n_val"],
+                           world=dense_world(spec["img_size"]), progress=progress)
+
+    def check_root(self, root: Path) -> None:
+        if not Path(root).is_dir():
+            raise PelaBenchError(f"--data {self.name}={root} does not exist")
+
+    def load(self, root: Path, schedule: MMSchedule, img_size: int | None) -> TaskData:
         _register()
-        return load_seg_data(root)
+        data = load_seg_data(root)
+        return TaskData(data.root, data.provenance, data)
 
-    def build_model(self, backbone: Backbone, data: SegData, schedule: DenseSchedule) -> nn.Module:
-        return build_segmentor(backbone, len(data.classes), schedule)
+    def check_data(self, data: TaskData, progress: bool = True) -> dict[str, int]:
+        root = data.root
+        return {split: check_files(sorted((root / "images" / split).glob("*.jpg"))
+                                   + sorted((root / "annotations" / split).glob("*.png")), f"checking {split}",
+                                   progress) for split in SPLITS.values()}
 
-    def loaders(self, data: SegData, s: DenseSchedule, *, workers: int, train_batch: int | None = None
+    def build_model(self, backbone: Backbone, data: TaskData, schedule: MMSchedule) -> nn.Module:
+        return build_segmentor(backbone, len(data.content.classes), schedule)
+
+    def loaders(self, data: TaskData, s: MMSchedule, *, workers: int, train_batch: int | None = None
                 ) -> tuple[dict[str, Any], dict[str, Any]]:
-        train_pipe, test_pipe = _pipelines(s, len(data.classes))
+        seg: SegData = data.content
+        train_pipe, test_pipe = _pipelines(s, len(seg.classes))
         # Each dataset class carries its own class list (ADE20K's 150, or the synthetic world's).
-        common = dict(type=data.dataset_type, data_root=str(data.root), reduce_zero_label=True)
+        common = dict(type=seg.dataset_type, data_root=str(seg.root), reduce_zero_label=True)
         train = dict(batch_size=train_batch or s.batch_size, num_workers=workers, persistent_workers=workers > 0,
                      sampler=dict(type="InfiniteSampler" if not s.by_epoch else "DefaultSampler", shuffle=True),
                      dataset=dict(**common, data_prefix=dict(img_path="images/training",
@@ -198,33 +240,14 @@ class SegmentationTask:
                     sampler=dict(type="DefaultSampler", shuffle=False), dataset=val_ds)
         return train, test
 
-    def evaluator(self) -> dict[str, Any]:
+    def evaluator(self, data: TaskData, s: MMSchedule) -> dict[str, Any]:
         return dict(type="IoUMetric", iou_metrics=["mIoU"])
 
-    def inference_module(self, model: nn.Module) -> nn.Module:
-        from mmseg.structures import SegDataSample
-
-        return DenseInference(model, SegDataSample)
-
-    def train_step(self, model: nn.Module, data, s: DenseSchedule, batch_size: int):
-        train, _ = self.loaders(data, s, workers=0, train_batch=batch_size)
-        return train_step(model, self.scope, train)
-
-    def run(self, backbone: Backbone, data: SegData, s: DenseSchedule, *, work_dir: Path, seed: int,
-            device: torch.device, workers: int = 1, train_batch: int | None = None,
-            progress: bool = True) -> DenseResult:
-        from mmengine.runner import set_random_seed
-
-        set_random_seed(seed)  # the heads are initialised from the global RNG
-        model = self.build_model(backbone, data, s)
-        train, test = self.loaders(data, s, workers=workers, train_batch=train_batch)
-        result = fit_and_test(model=model, scope=self.scope, schedule=s, train_loader=train, test_loader=test,
-                              evaluator=self.evaluator(), work_dir=work_dir, seed=seed, device=device,
-                              progress=progress)
-        result.metrics = {k: result.metrics[k] for k in self.metric_names if k in result.metrics}
-        if "mIoU" not in result.metrics:
-            raise PelaBenchError(f"segmentation evaluation returned no mIoU (got {sorted(result.metrics)})")
-        return result
+    def postprocess(self, raw: dict[str, float], s: MMSchedule) -> dict[str, float]:
+        metrics = {m.name: raw[m.name] for m in self.metrics if m.name in raw}
+        if "mIoU" not in metrics:
+            raise PelaBenchError(f"segmentation evaluation returned no mIoU (got {sorted(raw)})")
+        return metrics
 
 
 def _palette(n: int) -> list[list[int]]:

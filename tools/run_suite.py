@@ -2,98 +2,158 @@
 
 With no arguments it runs the embedded default: the synthetic world, a small
 DeiT trained from scratch as teacher, and the Table 7 ablation rows on
-classification, in about ten minutes on a 2-core CPU.
+classification, in about five minutes on a 2-core CPU.
 
     python tools/run_suite.py --backbone swin_base --tasks seg,det
 
-runs the dense tasks (UperNet, Cascade Mask R-CNN) for the dense model, PELA,
-plain SVD and every baseline that applies, on synthetic ADE20K/COCO-format
-scenes unless --seg-root / --det-root point at the real data sets.
+runs UperNet and Cascade Mask R-CNN for the uncompressed model, PELA, plain SVD
+and every baseline that applies, on synthetic ADE20K/COCO-format scenes unless
+--data seg=DIR / --data det=DIR point at the real data sets.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import logging
+import sys
 import time
+from pathlib import Path
 
 from _cli import run_main
 
-from benchmark.config import BUDGETS, DENSE_METHODS, SuiteConfig
+from benchmark.config import BUDGETS, SuiteConfig
+from common.errors import PelaBenchError
+
+log = logging.getLogger("pela_bench")
+
+# The flags that named one data root each before `--data TASK=DIR`; kept as aliases.
+DATA_ALIASES = {"data_root": "cls", "seg_root": "seg", "det_root": "det"}
 
 
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
-def _options(pairs: list[str]) -> dict:
+def _pairs(pairs: list[str], flag: str, parse_json: bool) -> dict:
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"--set {pair!r}: expected KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
+        if not sep or not key:
+            raise PelaBenchError(f"{flag} {pair!r}: expected KEY=VALUE")
+        if parse_json:
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass  # a bare word is a string
+        out[key] = value
     return out
+
+
+def import_plugin(spec: str) -> None:
+    """Import a module by dotted name or a Python file by path, so its tasks/methods/backbones register."""
+    path = Path(spec)
+    try:
+        if spec.endswith(".py") or path.is_file():
+            if not path.is_file():
+                raise PelaBenchError(f"--import {spec}: no such file")
+            module_spec = importlib.util.spec_from_file_location(f"pela_bench_plugin_{path.stem}", path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_spec.name] = module
+            module_spec.loader.exec_module(module)
+        else:
+            importlib.import_module(spec)
+    except ModuleNotFoundError as exc:
+        raise PelaBenchError(f"--import {spec}: {exc}") from None
+
+
+def default_methods(tasks: tuple[str, ...], every: tuple[str, ...]) -> tuple[str, ...]:
+    """Every method, unless every task names its paper table's methods: then the union of those."""
+    from tasks import create_task
+
+    named = [create_task(t).paper_methods for t in tasks]
+    if not named or any(m is None for m in named):
+        return every
+    return tuple(dict.fromkeys(m for methods in named for m in methods))
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[SuiteConfig, bool]:
     d = SuiteConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", default=d.backbone, help=f"registered backbone (default {d.backbone})")
+    p.add_argument("--backbone", default=d.backbone,
+                   help=f"registered backbone, or timm:<model> for any timm ViT or Swin (default {d.backbone})")
     p.add_argument("--methods", type=_csv, default=None,
-                   help=f"comma-separated methods (default: {','.join(d.methods)}; with --ratio, those that take one)")
+                   help=f"comma-separated methods (default: {','.join(d.methods)}; with --ratio, those that take "
+                        "one; with only seg/det tasks, the paper's Tables 2 and 3 methods)")
     p.add_argument("--tasks", type=_csv, default=d.tasks, help="comma-separated tasks (default: %(default)s)")
     p.add_argument("--ratio", type=float, default=None, help="compression ratio (default: the backbone's paper preset)")
-    p.add_argument("--data-root", default=None,
-                   help="ImageNet-layout folder for the teacher, pre-training and cls (default: the synthetic world)")
-    p.add_argument("--seg-root", default=None, help="ADE20K-layout folder for seg (default: synthetic scenes)")
-    p.add_argument("--det-root", default=None, help="COCO-layout folder for det (default: synthetic scenes)")
+    p.add_argument("--data", action="append", default=[], metavar="TASK=DIR",
+                   help="a task's data in its real on-disk format (cls: ImageNet folder, also the teacher's and "
+                        "pre-training data; seg: ADE20K; det: COCO); default: the synthetic world")
+    p.add_argument("--data-root", default=None, help="alias of --data cls=DIR")
+    p.add_argument("--seg-root", default=None, help="alias of --data seg=DIR")
+    p.add_argument("--det-root", default=None, help="alias of --data det=DIR")
+    p.add_argument("--check-data", action="store_true",
+                   help="read every image of every data set before any training, naming the first bad file")
     p.add_argument("--scale-batch", action="store_true",
                    help="Table 9: also fine-tune each compressed model at the largest batch whose training peak "
-                        "memory fits the dense model's (rows '<method>+')")
+                        "memory fits the uncompressed model's (rows '<method>+')")
     p.add_argument("--teacher-weights", default=None, help="'hub' or a checkpoint path (default: train the teacher)")
-    p.add_argument("--out", default=d.out, help="checkpoints, generated data (default: %(default)s)")
-    p.add_argument("--results", default=d.results, help="results store and tables (default: %(default)s)")
+    p.add_argument("--out", default=d.out, help="stage outputs: data, checkpoints, rows (default: %(default)s)")
+    p.add_argument("--results", default=d.results, help="published results store and tables (default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--budget", choices=BUDGETS, default=d.budget)
+    p.add_argument("--budget", choices=BUDGETS, default=d.budget,
+                   help="tiny: a one-minute check that a configuration runs; smoke: the CPU default; paper")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda[:N] (default: %(default)s)")
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, e.g. --set alpha=0.5 --set rwp_form=linear")
+    p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes,
+                   help="training stages save a resumable checkpoint this often (default: %(default)s; 0: never)")
+    p.add_argument("--checkpoint-steps", type=int, default=d.checkpoint_steps,
+                   help="... or every this many steps (default: %(default)s = off)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
+                   help="import a module or .py file first, so the tasks, methods or backbones it registers exist")
     p.add_argument("--list", action="store_true", help="list backbones, methods and tasks, then exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
+    for spec in a.imports:
+        import_plugin(spec)
     if a.list:
         from backbones import list_backbones
         from methods import list_methods
         from tasks import list_tasks
 
-        print("backbones:", ", ".join(list_backbones()))
+        print("backbones:", ", ".join(list_backbones()), "(and timm:<model>)")
         print("methods:  ", ", ".join(list_methods()))
         print("tasks:    ", ", ".join(list_tasks()))
         raise SystemExit(0)
-    options = _options(a.options)
+    options = _pairs(a.options, "--set", parse_json=True)
+    data = _pairs(a.data, "--data", parse_json=False)
+    for flag, task in DATA_ALIASES.items():
+        value = getattr(a, flag)
+        if value is not None:
+            if task in data and data[task] != value:
+                raise PelaBenchError(f"--{flag.replace('_', '-')} {value} and --data {task}={data[task]} disagree")
+            data[task] = value
+    from tasks import canonical_task_name
+
+    data = {canonical_task_name(k): v for k, v in data.items()}
     method_names = a.methods
     if method_names is None:
-        method_names = d.methods
-        from tasks import DENSE_TASKS, create_task
-
-        if all(create_task(t).name in DENSE_TASKS for t in a.tasks):
-            method_names = DENSE_METHODS  # Tables 2 and 3: the dense model, PELA, plain SVD, the baselines
+        method_names = default_methods(a.tasks, d.methods)
         # A ratio or a full-rank list is for the factorising methods; named others are refused.
         if a.ratio is not None or "keep_full_rank" in options:
             from methods import method_class
 
             method_names = tuple(m for m in method_names if method_class(m).takes_ratio)
-            logging.getLogger("pela_bench").info("factorisation set: running %s", ", ".join(method_names))
+            log.info("factorisation set: running %s", ", ".join(method_names))
     cfg = SuiteConfig(
-        backbone=a.backbone, methods=method_names, tasks=a.tasks, ratio=a.ratio, data_root=a.data_root,
-        seg_root=a.seg_root, det_root=a.det_root, scale_batch=a.scale_batch,
-        teacher_weights=a.teacher_weights, out=a.out, results=a.results, seed=a.seed, budget=a.budget,
-        device=a.device, method_options=options,
+        backbone=a.backbone, methods=method_names, tasks=a.tasks, ratio=a.ratio, data=data,
+        scale_batch=a.scale_batch, teacher_weights=a.teacher_weights, out=a.out, results=a.results, seed=a.seed,
+        budget=a.budget, device=a.device, method_options=options, checkpoint_minutes=a.checkpoint_minutes,
+        checkpoint_steps=a.checkpoint_steps, check_data=a.check_data,
     )
     return cfg, a.quiet
 
@@ -105,7 +165,6 @@ def main() -> int:
     start = time.time()
     runner = SuiteRunner(cfg, progress=not quiet)
     rows = runner.run()
-    log = logging.getLogger("pela_bench")
     log.info("%d rows in %.0f s; leaderboard: %s/leaderboard.md", len(rows), time.time() - start, cfg.results)
     return 0
 

@@ -1,4 +1,4 @@
-"""One adapter that lets mmseg and mmdet use any project backbone, dense or compressed."""
+"""One adapter that lets mmseg and mmdet use any project backbone, uncompressed or compressed."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class PelaBackbone(BaseModule):
     Built from a config whose ``backbone`` entry is the live module (the student a
     method produced, with whatever layers it swapped in), so nothing is rebuilt
     from a name and nothing a method changed is lost. The classifier is dropped:
-    dense models are counted without it, as in the paper's Tables 2 and 3.
+    segmentors and detectors are counted without it, as in the paper's Tables 2 and 3.
     """
 
     def __init__(self, backbone: Backbone, init_cfg: dict | None = None) -> None:

@@ -1,6 +1,6 @@
 """mmengine's Runner, kept on the suite's device and with a readable console.
 
-Imported lazily (by `tasks.dense`), after `tasks.mm` has installed the ops
+Imported lazily (by `tasks.mm.engine`), after `tasks.mm` has installed the ops
 stand-in, so a classification-only run never pays for importing mmengine.
 """
 
@@ -24,7 +24,7 @@ class _DropNoise(logging.Filter):
         return not str(record.msg).startswith(_CONSOLE_NOISE)
 
 
-class SuiteRunner(Runner):
+class DeviceRunner(Runner):
     """The Runner on an explicit `device`.
 
     mmengine moves the model to `mmengine.device.get_device()` (any accelerator

@@ -1,6 +1,7 @@
-"""What segmentation and detection share: the schedule, and one mmengine Runner per fine-tune.
+"""What the OpenMMLab tasks (segmentation, detection) share: the schedule, one mmengine
+Runner per fine-tune, and the `MMTask` base class that implements the task contract.
 
-Both dense tasks train inside mmengine's Runner, as the DESIGN requires (their
+Both tasks train inside mmengine's Runner, as the DESIGN requires (their
 pipelines, schedulers and metrics are the toolboxes' own); this module is the
 single place that builds that Runner, so both tasks log, checkpoint, resume and
 seed the same way.
@@ -8,24 +9,27 @@ seed the same way.
 
 from __future__ import annotations
 
+import copy
+import importlib
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
 from common.errors import PelaBenchError
+from tasks.base import Column, RunContext, Task, TaskData, TaskResult
 
 log = logging.getLogger("pela_bench")
 
 
 @dataclass(frozen=True)
-class DenseSchedule:
-    """One dense fine-tune: how long, how big, how fast.
+class MMSchedule:
+    """One fine-tune on an OpenMMLab toolbox: how long, how big, how fast, on how much synthetic data.
 
     `length` counts iterations when `by_epoch` is false (segmentation's 160k) and
     epochs otherwise (detection's 3x = 36). `milestones` are in the same unit;
@@ -51,24 +55,32 @@ class DenseSchedule:
     rpn_train_proposals: int | None = None
     rcnn_train_samples: int | None = None
     rpn_test_proposals: int | None = None
+    synthetic_train: int = 64  # scenes per synthetic ADE/COCO split, when no real data is given
+    synthetic_val: int = 16
+    latency_repeats: int = 20
 
     def __post_init__(self) -> None:
-        for name in ("length", "batch_size"):
+        for name in ("length", "batch_size", "synthetic_train", "synthetic_val", "latency_repeats"):
             if getattr(self, name) < 1:
-                raise PelaBenchError(f"dense schedule: {name} must be >= 1, got {getattr(self, name)}")
+                raise PelaBenchError(f"mm schedule: {name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
-            raise PelaBenchError(f"dense schedule: lr must be > 0, got {self.lr}")
+            raise PelaBenchError(f"mm schedule: lr must be > 0, got {self.lr}")
+
+    @property
+    def input_size(self) -> int:
+        """The square side models are measured at: the training crop, or the test scale's short side."""
+        return self.crop_size[0] if self.crop_size else self.img_scale[1]
 
 
 @dataclass
-class DenseResult:
+class FitResult:
     metrics: dict[str, float]
     model: nn.Module
     seconds: float
     peak_memory_bytes: int | None  # CUDA allocator peak of the fine-tune; None on CPU
 
 
-def optim_wrapper(s: DenseSchedule, device: torch.device, extra_custom_keys: dict | None = None) -> dict[str, Any]:
+def optim_wrapper(s: MMSchedule, device: torch.device, extra_custom_keys: dict | None = None) -> dict[str, Any]:
     # No weight decay on norms, position tables and biases, as the Swin/ViT dense configs.
     custom_keys = {"norm": dict(decay_mult=0.0), "relative_position_bias_table": dict(decay_mult=0.0),
                    "absolute_pos_embed": dict(decay_mult=0.0), "pos_embed": dict(decay_mult=0.0),
@@ -84,7 +96,7 @@ def optim_wrapper(s: DenseSchedule, device: torch.device, extra_custom_keys: dic
     return wrapper
 
 
-def param_schedulers(s: DenseSchedule) -> list[dict[str, Any]]:
+def param_schedulers(s: MMSchedule) -> list[dict[str, Any]]:
     warm = dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=max(1, s.warmup_iters))
     if s.milestones:
         return [warm, dict(type="MultiStepLR", by_epoch=s.by_epoch, begin=0, end=s.length,
@@ -95,16 +107,16 @@ def param_schedulers(s: DenseSchedule) -> list[dict[str, Any]]:
                        begin=min(s.warmup_iters, s.length - 1), end=s.length)]
 
 
-def fit_and_test(*, model: nn.Module, scope: str, schedule: DenseSchedule, train_loader: dict, test_loader: dict,
+def fit_and_test(*, model: nn.Module, scope: str, schedule: MMSchedule, train_loader: dict, test_loader: dict,
                  evaluator: dict | list, work_dir: Path, seed: int, device: torch.device,
-                 progress: bool = True) -> DenseResult:
+                 progress: bool = True) -> FitResult:
     """Fine-tune `model` with mmengine's Runner, then evaluate it once on the test split.
 
     A killed fine-tune resumes from the last checkpoint in `work_dir`; the
     checkpoint is loaded through torch's safe loader (see `tasks.mm.compat`).
     """
     import tasks.mm  # noqa: F401  (the ops stand-in before any mm* import)
-    from tasks.mm.runner import SuiteRunner
+    from tasks.mm.runner import DeviceRunner
 
     s = schedule
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +140,7 @@ def fit_and_test(*, model: nn.Module, scope: str, schedule: DenseSchedule, train
     # An explicit cuda:N also becomes the current device, which mmengine's AMP and logging assume.
     on_index = torch.cuda.device(device) if device.type == "cuda" and device.index is not None else nullcontext()
     with on_index:
-        runner = SuiteRunner(
+        runner = DeviceRunner(
             device=device,
             model=model,
             work_dir=str(work_dir),
@@ -152,11 +164,11 @@ def fit_and_test(*, model: nn.Module, scope: str, schedule: DenseSchedule, train
         runner.train()
         metrics = runner.test()
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
-    return DenseResult({k: float(v) for k, v in metrics.items()}, runner.model, time.time() - start, peak)
+    return FitResult({k: float(v) for k, v in metrics.items()}, runner.model, time.time() - start, peak)
 
 
-class DenseInference(nn.Module):
-    """A dense model's inference path as `forward(images)`, so the efficiency measures can time and count it.
+class MMInference(nn.Module):
+    """An mm model's inference path as `forward(image)`, so the efficiency measures can time and count it.
 
     It runs the model's own `predict` (for a detector: RPN, the three cascade
     stages, NMS and the mask head on the kept boxes), on images already
@@ -168,14 +180,14 @@ class DenseInference(nn.Module):
         self.model = model
         self.sample_cls = sample_cls
 
-    def forward(self, x: torch.Tensor) -> Any:
-        h, w = x.shape[-2:]
+    def forward(self, image: torch.Tensor) -> Any:
+        h, w = image.shape[-2:]
         meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), batch_input_shape=(h, w),
                     scale_factor=(1.0, 1.0))
-        return self.model.predict(x, [self.sample_cls(metainfo=dict(meta)) for _ in range(x.shape[0])])
+        return self.model.predict(image, [self.sample_cls(metainfo=dict(meta)) for _ in range(image.shape[0])])
 
 
-def train_step(model: nn.Module, scope: str, loader_cfg: dict) -> Any:
+def train_step(model: nn.Module, scope: str, loader_cfg: dict) -> Callable[[], None]:
     """One forward + backward on one batch from `loader_cfg`, as a closure (for memory measurements).
 
     The batch is drawn once, up front, so only the step itself is measured; the
@@ -217,3 +229,86 @@ def init_weights_quietly(model: nn.Module) -> None:
         model.init_weights()
     finally:
         logger.setLevel(level)
+
+
+def trainable_copy(student: nn.Module) -> nn.Module:
+    """A copy of a student for one fine-tune, every weight trainable.
+
+    A copy, because the pyramid neck and the dropped classifier must not leak into
+    the student other tasks see; every method's student is fine-tuned whole downstream.
+    """
+    backbone = copy.deepcopy(student).train()
+    for p in backbone.parameters():
+        p.requires_grad_(True)
+    return backbone
+
+
+class MMTask(Task):
+    """A task fine-tuned and evaluated by an OpenMMLab toolbox over the student's feature pyramid.
+
+    Subclasses give the scope, the model builder, the data loaders and the evaluator;
+    this class runs the Runner, measures the inference path and the training step.
+    """
+
+    scope: ClassVar[str] = ""
+    sample_cls_path: ClassVar[str] = ""  # "module:Class" of the toolbox's data sample
+    needs = ("pyramid",)
+    fine_tunes = True
+    # Tables 2 and 3: the uncompressed model, PELA, plain SVD and the baselines (ToMe has no dense maps).
+    paper_methods = ("dense", "svd", "pela", "lora", "pc_lora", "tinybert", "maskalign")
+    columns = (Column("finetune.train_batch", "train batch"),
+               Column("finetune.train_peak_mb", "train peak mem (MB)", "{:.0f}"))
+    # Detectors keep a data-dependent number of boxes, so they are counted on real tensors.
+    measure_options = {"flops_on_meta": False, "latency_warmup": 1}
+
+    def build_model(self, backbone: nn.Module, data: TaskData, schedule: MMSchedule) -> nn.Module:
+        raise NotImplementedError
+
+    def loaders(self, data: TaskData, s: MMSchedule, *, workers: int, train_batch: int | None = None
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+        raise NotImplementedError
+
+    def evaluator(self, data: TaskData, s: MMSchedule) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def postprocess(self, raw: dict[str, float], s: MMSchedule) -> dict[str, float]:
+        """The toolbox's metric dict as the task's metric names, in percent."""
+        raise NotImplementedError
+
+    def input_size(self, schedule: MMSchedule, data: TaskData) -> int:
+        return schedule.input_size
+
+    def describe_schedule(self, s: MMSchedule) -> str:
+        return f"{s.length} {'epochs' if s.by_epoch else 'iterations'}, batch {s.batch_size}"
+
+    def run(self, student: nn.Module, data: TaskData, schedule: MMSchedule, ctx: RunContext) -> TaskResult:
+        from mmengine.runner import set_random_seed
+
+        set_random_seed(ctx.seed)  # the heads are initialised from the global RNG
+        model = self.build_model(trainable_copy(student).to(ctx.device), data, schedule)
+        train, test = self.loaders(data, schedule, workers=ctx.workers, train_batch=ctx.train_batch)
+        fit = fit_and_test(model=model, scope=self.scope, schedule=schedule, train_loader=train, test_loader=test,
+                           evaluator=self.evaluator(data, schedule), work_dir=ctx.work_dir, seed=ctx.seed,
+                           device=ctx.device, progress=ctx.progress)
+        details: dict[str, Any] = {"train_batch": ctx.train_batch or schedule.batch_size,
+                                   "schedule": asdict(schedule), "work_dir": str(ctx.work_dir),
+                                   "data_audit": data.audit}
+        if fit.peak_memory_bytes is not None:
+            details["cuda_fit_peak_mb"] = fit.peak_memory_bytes / 2**20
+        return TaskResult(self.postprocess(fit.metrics, schedule), fit.model, fit.seconds, details)
+
+    def example_inputs(self, data: TaskData, schedule: MMSchedule, model: nn.Module, batch_size: int
+                       ) -> dict[str, torch.Tensor]:
+        size = schedule.input_size
+        return {"image": torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))}
+
+    def measured_module(self, result: TaskResult) -> nn.Module:
+        module_name, _, cls_name = self.sample_cls_path.partition(":")
+        sample_cls = getattr(importlib.import_module(module_name), cls_name)
+        return MMInference(result.model, sample_cls)
+
+    def train_step(self, student: nn.Module, data: TaskData, schedule: MMSchedule, batch: int,
+                   device: torch.device) -> tuple[nn.Module, Callable[[], None]]:
+        model = self.build_model(trainable_copy(student).to(device), data, schedule).to(device)
+        loader, _ = self.loaders(data, schedule, workers=0, train_batch=batch)
+        return model, train_step(model, self.scope, loader)
