@@ -29,7 +29,7 @@ def create_timm_backbone(name: str, pretrained: bool = False, **overrides):
     model_name = name[len(PREFIX):]
     if not model_name:
         raise PelaBenchError("--backbone timm:<name> needs a timm model name, e.g. timm:vit_small_patch16_224")
-    if model_name not in timm.list_models():
+    if not timm.is_model(model_name):
         close = timm.list_models(f"*{model_name.split('_')[0]}*")[:8]
         raise PelaBenchError(f"timm has no model {model_name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
     try:

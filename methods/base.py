@@ -103,7 +103,7 @@ class Method:
         """The options set away from this method's defaults, e.g. ``ratio=2`` (empty: the preset)."""
         defaults = asdict(self.options_cls(**_METHODS[self.name][1])) if self.name in _METHODS else {}
         changed = {k: v for k, v in asdict(self.options).items() if defaults.get(k, v) != v}
-        return ",".join(f"{k}={json.dumps(v) if not isinstance(v, (int, float)) else v}" for k, v in sorted(changed.items()))
+        return " ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in sorted(changed.items()))
 
     def describe(self) -> dict[str, Any]:
         opts = asdict(self.options)
@@ -184,6 +184,19 @@ def check_option_types(method: str, options_cls: type[MethodOptions], options: d
             raise PelaBenchError(f"option {key}={value!r}: {method} expects {_type_name(hints[key])}")
 
 
+def _as_declared(options_cls: type[MethodOptions], options: dict[str, Any]) -> dict[str, Any]:
+    """Integers given for float options become floats, so `ratio=2` and `ratio=2.0` are one setting
+    (one label, one stage hash)."""
+    hints = typing.get_type_hints(options_cls)
+    out = dict(options)
+    for key, value in options.items():
+        tp = hints.get(key)
+        allowed = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+        if isinstance(value, int) and not isinstance(value, bool) and float in allowed and int not in allowed:
+            out[key] = float(value)
+    return out
+
+
 def create_method(name: str, **options: Any) -> Method:
     """Instantiate a registered method; unknown options are an error naming the option."""
     cls = method_class(name)
@@ -200,8 +213,10 @@ def create_method(name: str, **options: Any) -> Method:
             f"method {name!r} fixes {', '.join(f'{k}={pinned[k]}' for k in clashes)}; "
             f"use the method it is a variant of to change it"
         )
+    options = {k: v for k, v in options.items() if v is not None}  # None: the option's default
     check_option_types(name, cls.options_cls, options)
-    merged = {**{k: v for k, v in options.items() if v is not None}, **pinned}
+    options = _as_declared(cls.options_cls, options)
+    merged = {**options, **pinned}
     method = cls(cls.options_cls(**merged))
     method.name = name
     return method

@@ -103,6 +103,10 @@ class MaskAlign(Method):
     takes_ratio = False
     options_cls = MaskAlignOptions
 
+    def __init__(self, options: MaskAlignOptions) -> None:
+        super().__init__(options)
+        self._generator = torch.Generator().manual_seed(0)  # the random cell masks of a "mask_token" backbone
+
     @staticmethod
     def check_backbone(info) -> None:
         check_halvable("maskalign", info)
@@ -121,7 +125,7 @@ class MaskAlign(Method):
         student.alignment = DynamicAlignment(dims, stages, stages)
         if student.info.masking == "mask_token":
             student.mask_token = nn.Parameter(torch.zeros(student.info.embed_dims[0]))
-        self._generator = torch.Generator().manual_seed(0)
+        self._generator.manual_seed(0)
         return student
 
     def state_dict(self) -> dict[str, Any]:
@@ -173,7 +177,8 @@ class MaskAlign(Method):
         n_patches = t_tokens[-1].shape[1] - prefix
         keep = max(1, round(n_patches * (1 - self.options.mask_ratio)))
         keep_idx = teacher_guided_keep(scores[-1][:, :, 0, :], keep)
-        visible = torch.cat([torch.arange(prefix).expand(len(images), -1), keep_idx + prefix], dim=1)
+        visible = torch.cat([torch.arange(prefix, device=keep_idx.device).expand(len(images), -1), keep_idx + prefix],
+                            dim=1)
         targets = [
             F.layer_norm(t, t.shape[-1:]).gather(1, visible[..., None].expand(-1, -1, t.shape[-1]))
             for t in t_tokens[-student.info.depth:]

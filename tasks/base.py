@@ -185,6 +185,8 @@ def register_task(cls: type[Task]) -> type[Task]:
     """Class decorator: register a `Task` subclass under its `name` and `aliases`."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no task name")
+    if not cls.metrics or cls.primary_metric not in {m.name for m in cls.metrics}:
+        raise ValueError(f"task {cls.name!r}: primary_metric {cls.primary_metric!r} is not one of its metrics")
     for key in (cls.name, *cls.aliases):
         owner = _TASKS.get(key) or _TASKS.get(_ALIASES.get(key, ""))
         if owner is not None and owner is not cls:
@@ -192,8 +194,6 @@ def register_task(cls: type[Task]) -> type[Task]:
     _TASKS[cls.name] = cls
     for alias in cls.aliases:
         _ALIASES[alias] = cls.name
-    if not cls.metrics or cls.primary_metric not in {m.name for m in cls.metrics}:
-        raise ValueError(f"task {cls.name!r}: primary_metric {cls.primary_metric!r} is not one of its metrics")
     return cls
 
 

@@ -274,16 +274,9 @@ class DetectionTask(MMTask):
     schedules = DET_SCHEDULES
     layout = "COCO: train2017/, val2017/ and annotations/instances_{train,val}2017.json"
 
-    def synthetic_spec(self, schedule: MMSchedule, img_size: int | None) -> dict[str, Any]:
-        return {"n_train": schedule.synthetic_train, "n_val": schedule.synthetic_val, "img_size": schedule.input_size}
-
     def write_synthetic(self, root: Path, spec: dict[str, Any], seed: int, progress: bool) -> None:
         write_detection(root, seed=seed, n_train=spec["n_train"], n_val=spec["n_val"],
                         world=dense_world(spec["img_size"]), progress=progress)
-
-    def check_root(self, root: Path) -> None:
-        if not Path(root).is_dir():
-            raise PelaBenchError(f"--data {self.name}={root} does not exist")
 
     def load(self, root: Path, schedule: MMSchedule, img_size: int | None) -> TaskData:
         _register()

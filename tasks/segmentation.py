@@ -196,16 +196,9 @@ class SegmentationTask(MMTask):
     schedules = SEG_SCHEDULES
     layout = "ADE20K: images/{training,validation}/*.jpg and annotations/{training,validation}/*.png"
 
-    def synthetic_spec(self, schedule: MMSchedule, img_size: int | None) -> dict[str, Any]:
-        return {"n_train": schedule.synthetic_train, "n_val": schedule.synthetic_val, "img_size": schedule.input_size}
-
     def write_synthetic(self, root: Path, spec: dict[str, Any], seed: int, progress: bool) -> None:
         write_segmentation(root, seed=seed, n_train=spec["n_train"], n_val=spec["n_val"],
                            world=dense_world(spec["img_size"]), progress=progress)
-
-    def check_root(self, root: Path) -> None:
-        if not Path(root).is_dir():
-            raise PelaBenchError(f"--data {self.name}={root} does not exist")
 
     def load(self, root: Path, schedule: MMSchedule, img_size: int | None) -> TaskData:
         _register()

@@ -79,6 +79,25 @@ def default_methods(tasks: tuple[str, ...], every: tuple[str, ...]) -> tuple[str
     return tuple(dict.fromkeys(m for methods in named for m in methods))
 
 
+def applicable(backbone: str, methods: tuple[str, ...]) -> tuple[str, ...]:
+    """The default methods that apply to `backbone`; the others are left out with their reason."""
+    import torch
+
+    from backbones import create_backbone
+    from methods import method_class
+
+    with torch.device("meta"):
+        info = create_backbone(backbone).info
+    kept = []
+    for name in methods:
+        try:
+            method_class(name).check_backbone(info)
+            kept.append(name)
+        except PelaBenchError as exc:
+            log.info("default methods: leaving out %s (%s)", name, exc)
+    return tuple(kept)
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[SuiteConfig, bool]:
     d = SuiteConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,7 +161,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SuiteConfig, bool]:
     data = {canonical_task_name(k): v for k, v in data.items()}
     method_names = a.methods
     if method_names is None:
-        method_names = default_methods(a.tasks, d.methods)
+        method_names = applicable(a.backbone, default_methods(a.tasks, d.methods))
         # A ratio or a full-rank list is for the factorising methods; named others are refused.
         if a.ratio is not None or "keep_full_rank" in options:
             from methods import method_class

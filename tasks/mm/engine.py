@@ -275,6 +275,14 @@ class MMTask(Task):
         """The toolbox's metric dict as the task's metric names, in percent."""
         raise NotImplementedError
 
+    def synthetic_spec(self, schedule: MMSchedule, img_size: int | None) -> dict[str, Any]:
+        # Scenes are drawn at the size the model is measured at, whatever the pre-training size.
+        return {"n_train": schedule.synthetic_train, "n_val": schedule.synthetic_val, "img_size": schedule.input_size}
+
+    def check_root(self, root: Path) -> None:
+        if not Path(root).is_dir():
+            raise PelaBenchError(f"--data {self.name}={root} does not exist ({self.layout})")
+
     def input_size(self, schedule: MMSchedule, data: TaskData) -> int:
         return schedule.input_size
 

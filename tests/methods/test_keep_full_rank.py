@@ -5,7 +5,7 @@ import torch
 
 from backbones import create_backbone
 from common.errors import PelaBenchError
-from methods import create_method, lowrank_modules
+from methods import MethodOptions, create_method, lowrank_modules
 from methods.pc_lora import pc_lora_layers
 
 # Table 1's Swin preset minus attn.proj: the paper's dense-task Swin (see benchmark/paper_check.py).
@@ -34,12 +34,22 @@ def test_pela_and_pc_lora_follow_it(swin):
 
 
 def test_bad_values_and_non_factorising_methods_are_errors():
-    with pytest.raises(PelaBenchError, match="keep_full_rank must be a list"):
+    # wrong types are caught by create_method's type check, naming the option
+    with pytest.raises(PelaBenchError, match=r"option keep_full_rank='head\*': svd expects a list of strings"):
         create_method("svd", keep_full_rank="head*")
-    with pytest.raises(PelaBenchError, match="keep_full_rank must be a list"):
+    with pytest.raises(PelaBenchError, match=r"option keep_full_rank=\['head\*', 3\]: pela expects a list of strings"):
         create_method("pela", keep_full_rank=["head*", 3])
+    # a list of strings with an empty pattern passes the type check; the options refuse it
+    with pytest.raises(PelaBenchError, match="keep_full_rank must be a list of layer-name patterns"):
+        create_method("pela", keep_full_rank=["head*", ""])
+    with pytest.raises(PelaBenchError, match="keep_full_rank must be a list"):  # the options class, used directly
+        MethodOptions(keep_full_rank="head*")
     with pytest.raises(PelaBenchError, match="lora takes no keep_full_rank"):
         create_method("lora", keep_full_rank=["head*"])
+
+
+def test_a_tuple_of_patterns_is_kept_as_a_list():
+    assert create_method("svd", keep_full_rank=("head*", "norm")).options.keep_full_rank == ["head*", "norm"]
 
 
 def test_the_default_leaves_the_config_hash_as_before():

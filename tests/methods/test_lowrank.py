@@ -2,11 +2,26 @@ import pytest
 import torch
 from torch import nn
 
+import common
+import methods
+import methods.lowrank
 from backbones import create_backbone
 from common.errors import PelaBenchError
-from methods.lowrank import (
-    LowRankLinear, count_params, factorize, lowrank_modules, lowrank_rank, matches_any, truncated_svd,
-)
+from common.params import count_params
+from methods.lowrank import LowRankLinear, factorize, lowrank_modules, lowrank_rank, matches_any, truncated_svd
+
+
+def test_count_params_lives_in_common_and_counts_shared_tensors_once():
+    assert common.count_params is count_params
+    assert not hasattr(methods, "count_params") and not hasattr(methods.lowrank, "count_params")
+    b, c = nn.Linear(3, 3), nn.Linear(3, 3)
+    c.weight = b.weight  # tied weights: one tensor in two layers
+    assert count_params(nn.Sequential(b, c)) == 9 + 3 + 3
+    a = nn.Linear(4, 3)
+    shared = nn.Sequential(a, a)  # one layer used twice
+    assert count_params(shared) == 4 * 3 + 3
+    frozen = nn.Linear(4, 3).requires_grad_(False)  # trainable or not, every parameter counts
+    assert count_params(frozen) == 15
 
 
 def test_rank_formula():

@@ -4,8 +4,10 @@ import torch
 from backbones import create_backbone
 from benchmark.trainer import OptimConfig, train
 from common.errors import PelaBenchError
-from methods import LowRankLinear, count_params, create_method, lowrank_modules
+from common.params import count_params
+from methods import LowRankLinear, create_method, lowrank_modules
 from methods.pc_lora import decay, pc_lora_layers
+from tasks.classification import CrossEntropy
 
 
 @pytest.mark.parametrize("schedule", ["sine", "linear", "cosine"])
@@ -33,16 +35,31 @@ def test_starts_as_the_teacher_with_pela_ranks(teacher):
     assert ranks == {n: m.rank for n, m in lowrank_modules(pela).items()}
 
 
-def test_training_drops_w_and_leaves_plain_lowrank_layers(teacher):
+def test_loss_is_the_task_weighted_mix_of_base_and_distillation(teacher, make_batch, objective):
+    method = create_method("pc_lora", task_weight=0.3)
+    student = method.build_student(teacher)
+    batch = make_batch(2)
+    method.on_step(student, 0.5)
+    terms = method.loss(student, teacher, batch, objective)
+    assert set(terms) == {"loss", "base", "fd", "lambda"} and terms["lambda"] == method.lam
+    assert torch.isclose(terms["loss"], 0.3 * terms["base"] + 0.7 * terms["fd"])
+    with torch.no_grad():
+        logits = student(batch["image"])
+    assert torch.isclose(terms["base"], objective.loss(logits, batch))
+
+
+def test_training_drops_w_and_leaves_plain_lowrank_layers(teacher, make_batch):
     torch.manual_seed(0)
     method = create_method("pc_lora", decay_fraction=0.5)
     student = method.build_student(teacher)
-    images, labels = torch.randn(8, 3, 64, 64), torch.tensor([0, 1, 2, 3] * 2)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=4)
+    objective = CrossEntropy()
+    samples = make_batch(8)
+    data = [{"image": samples["image"][i], "label": samples["label"][i]} for i in range(8)]  # dict samples
     seen = []
-    history = train(student.parameters(), lambda b: method.loss(student, teacher, b), loader,
-                    OptimConfig(epochs=2, lr=1e-3, warmup_epochs=0), modules=[student], progress=False,
-                    on_step=lambda p: (method.on_step(student, p), seen.append(method.lam)))
+    history = train(student.parameters(), lambda b: method.loss(student, teacher, b, objective), data,
+                    OptimConfig(epochs=2, lr=1e-3, warmup_epochs=0), batch_size=4, seed=0, modules=[student],
+                    progress=False, on_step=lambda p: (method.on_step(student, p), seen.append(method.lam)))
+    assert len(seen) == 4 and len(history) == 2
     assert seen[0] == 1.0 and seen[-1] == 0.0 and {"base", "fd", "lambda"} <= set(history[0])
     # frozen W never trained
     layer = next(iter(pc_lora_layers(student).values()))

@@ -4,7 +4,8 @@ import torch
 from backbones import create_backbone
 from benchmark.efficiency import count_flops
 from common.errors import PelaBenchError
-from methods import count_params, create_method
+from common.params import count_params
+from methods import create_method
 from methods.tome import ToMeState, bipartite_soft_matching, default_r
 
 
@@ -23,10 +24,13 @@ def test_r0_is_exactly_the_plain_model(name, overrides):
     teacher = _random_head(create_backbone(name, **overrides))
     x = torch.randn(2, 3, 64, 64)
     student = create_method("tome", r=0).build_student(teacher).eval()
-    logits, tokens = student.forward_with_tokens(x)
-    ref_logits, ref_tokens = teacher.forward_with_tokens(x)
+    with student.capture_features() as feats:
+        logits = student(x)
+    with teacher.capture_features() as ref_feats:
+        ref_logits = teacher(x)
     assert torch.equal(logits, ref_logits)
-    assert all(torch.equal(a, b) for a, b in zip(tokens, ref_tokens))
+    assert len(feats["blocks"]) == len(ref_feats["blocks"]) == 6
+    assert all(torch.equal(a, b) for a, b in zip(feats["blocks"], ref_feats["blocks"]))
 
 
 def test_merging_removes_tokens_and_flops():
@@ -34,8 +38,9 @@ def test_merging_removes_tokens_and_flops():
     teacher = _random_head(create_backbone("deit_micro"))
     student = create_method("tome", r=4).build_student(teacher).eval()
     x = torch.randn(2, 3, 64, 64)
-    tokens = student.forward_tokens(x)
+    tokens = student.features({"image": x})["blocks"]
     assert [t.shape[1] for t in tokens] == [61, 57, 53, 49, 45, 41]
+    assert student.token_encoder() is student.model
     assert student.model.tome.size[:, :, 0].sum(1).tolist() == [65.0, 65.0]  # every patch accounted for
     assert student.model.tome.size[:, 0, 0].tolist() == [1.0, 1.0]  # class token never merged
     assert count_params(student) == count_params(teacher)
@@ -46,7 +51,7 @@ def test_merging_removes_tokens_and_flops():
 def test_per_layer_r_and_default_r():
     teacher = create_backbone("deit_micro").eval()
     student = create_method("tome", r=[0, 8, 0, 8, 0, 0]).build_student(teacher)
-    student.forward_tokens(torch.randn(1, 3, 64, 64))
+    student(torch.randn(1, 3, 64, 64))
     assert student.model.tome.tokens_per_layer == [65, 57, 57, 49, 49, 49]
     assert default_r(teacher.model) == 5
     with pytest.raises(PelaBenchError, match="6 of them"):
@@ -87,10 +92,21 @@ def test_deit_base_flops_halve_at_the_reference_r():
     assert merged / dense == pytest.approx(0.5, abs=0.03)  # paper: 16.5 of 33.7 GFLOPs
 
 
-def test_swin_is_refused_with_one_line():
+def test_swin_is_refused_with_one_line(swin_teacher):
     from benchmark.config import SuiteConfig, validate
 
     with pytest.raises(PelaBenchError, match="tome does not apply to swin_micro"):
         validate(SuiteConfig(backbone="swin_micro", methods=("dense", "tome")))
+    with pytest.raises(PelaBenchError, match="tome does not apply to swin_micro"):
+        create_method("tome").build_student(swin_teacher)
     with pytest.raises(PelaBenchError, match="no compression ratio"):
         create_method("tome", ratio=2.0)
+
+
+def test_tome_lacks_a_pyramid_and_says_why():
+    tome = create_method("tome")
+    reason = tome.unsupported(("pyramid",))
+    assert isinstance(reason, str) and "dense head" in reason
+    assert tome.unsupported(()) is None and tome.unsupported(("something_else",)) is None
+    assert tome.unsupported(("something_else", "pyramid")) == reason
+    assert not hasattr(type(tome), "dense_unsupported")

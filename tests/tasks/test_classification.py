@@ -1,11 +1,16 @@
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from backbones import create_backbone
 from common.errors import PelaBenchError
-from tasks import create_task
+from tasks import RunContext, TaskData, create_task
+from tasks.classification import ClassificationTask, CrossEntropy, DictSamples, image_folder_datasets
 from tasks.synthetic import write_classification
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -14,26 +19,88 @@ def root(tmp_path_factory):
 
 
 def test_datasets_read_the_image_folder(root):
-    data = create_task("cls").datasets(root, 64)
-    assert data.provenance == "synthetic" and len(data.classes) == 16
+    data = image_folder_datasets(root, 64)
+    assert data.provenance == "synthetic" and len(data.classes) == 16 and data.img_size == 64
     x, y = data.train[0]
     assert x.shape == (3, 64, 64) and 0 <= y < 16
     assert len(data.val) == 16
 
 
+def test_load_wraps_the_image_folder_in_task_data(root):
+    task = create_task("cls")
+    data = task.load(root, task.schedule("smoke"), 48)
+    assert isinstance(data, TaskData) and data.root == Path(root) and data.provenance == "synthetic"
+    assert data.content.img_size == 48 and len(data.content.classes) == 16
+    assert data.content.val[0][0].shape == (3, 48, 48)
+    assert task.input_size(task.schedule("smoke"), data) == 48
+    # no size given: the ImageNet default
+    assert task.load(root, task.schedule("smoke"), None).content.img_size == 224
+
+
+def test_train_split_gives_dict_samples(root):
+    task = create_task("cls")
+    data = task.load(root, task.schedule("tiny"), 64)
+    split = task.train_split(data)
+    assert isinstance(split, DictSamples) and len(split) == 32
+    sample = split[0]
+    assert set(sample) == {"image", "label"} and sample["image"].shape == (3, 64, 64) and 0 <= sample["label"] < 16
+    batch = next(iter(DataLoader(split, batch_size=4)))
+    assert batch["image"].shape == (4, 3, 64, 64) and batch["label"].shape == (4,)
+
+
+def test_objective_is_cross_entropy_on_dict_batches(root):
+    task = create_task("cls")
+    objective = task.objective()
+    assert isinstance(objective, CrossEntropy) and objective.name == "cross_entropy"
+    torch.manual_seed(0)
+    model = create_backbone("deit_micro", num_classes=16).eval()
+    batch = {"image": torch.randn(3, 3, 64, 64), "label": torch.tensor([0, 5, 15])}
+    out = objective.forward(model, batch)
+    assert out.shape == (3, 16)
+    expected = torch.nn.functional.cross_entropy(model(batch["image"]), batch["label"])
+    assert torch.allclose(objective.loss(out, batch), expected)
+
+
+def test_backbone_overrides_set_the_number_of_classes(root):
+    task = create_task("classification")
+    data = task.load(root, task.schedule("smoke"), 64)
+    assert task.backbone_overrides(data) == {"num_classes": 16}
+    model = create_backbone("deit_micro", **task.backbone_overrides(data))
+    assert model.info.num_classes == 16
+
+
 def test_evaluate_reports_top1_top5(root):
     task = create_task("classification")
-    data = task.datasets(root, 64)
-    model = task.build_model(create_backbone("deit_micro", num_classes=3), len(data.classes))
-    assert model.info.num_classes == 16
-    m = task.evaluate(model, DataLoader(data.val, batch_size=8))
+    data = task.load(root, task.schedule("smoke"), 64)
+    model = create_backbone("deit_micro", **task.backbone_overrides(data))
+    m = task.evaluate(model, DataLoader(DictSamples(data.content.val), batch_size=8))
     assert set(m) == {"top1", "top5"} and 0 <= m["top1"] <= m["top5"] <= 100
+    assert {metric.name for metric in task.metrics} == set(m) and task.primary_metric == "top1"
+
+
+def test_run_evaluates_the_student_unchanged(root, tmp_path):
+    task = create_task("cls")
+    schedule = task.schedule("tiny")
+    data = task.load(root, schedule, 64)
+    torch.manual_seed(0)
+    student = create_backbone("deit_micro", **task.backbone_overrides(data))
+    res = task.run(student, data, schedule, RunContext(device=torch.device("cpu"), seed=0, work_dir=tmp_path,
+                                                       workers=0, progress=False))
+    assert res.model is student and set(res.metrics) == {"top1", "top5"}
+    assert res.metrics == task.evaluate(student, DataLoader(DictSamples(data.content.val), batch_size=5))
+    assert task.measured_module(res) is student
+    inputs = task.example_inputs(data, schedule, student, 2)
+    assert set(inputs) == {"image"} and inputs["image"].shape == (2, 3, 64, 64)
+    assert torch.equal(inputs["image"], task.example_inputs(data, schedule, student, 2)["image"])  # fixed values
+    assert not task.fine_tunes
+    with pytest.raises(PelaBenchError, match="does not fine-tune"):
+        task.train_step(student, data, schedule, 2, torch.device("cpu"))
 
 
 def test_perfect_model_scores_100(root):
     task = create_task("cls")
-    data = task.datasets(root, 64)
-    labels = torch.tensor([y for _, y in data.val])
+    data = task.load(root, task.schedule("smoke"), 64)
+    labels = torch.tensor([y for _, y in data.content.val])
 
     class Oracle(torch.nn.Module):
         def __init__(self):
@@ -45,7 +112,13 @@ def test_perfect_model_scores_100(root):
             self.i += len(x)
             return out
 
-    assert task.evaluate(Oracle(), DataLoader(data.val, batch_size=5))["top1"] == 100.0
+    m = task.evaluate(Oracle(), DataLoader(DictSamples(data.content.val), batch_size=5))
+    assert m["top1"] == 100.0 and m["top5"] == 100.0
+
+
+def test_empty_evaluation_split_is_an_error():
+    with pytest.raises(PelaBenchError, match="empty"):
+        ClassificationTask().evaluate(torch.nn.Identity(), [])
 
 
 def test_corrupt_image_is_named(root, tmp_path):
@@ -55,18 +128,37 @@ def test_corrupt_image_is_named(root, tmp_path):
     shutil.copytree(root, bad_root)
     victim = next((bad_root / "val").rglob("*.png"))
     victim.write_bytes(b"\x89PNG garbage")
-    data = create_task("cls").datasets(bad_root, 64)
+    task = create_task("cls")
+    data = task.load(bad_root, task.schedule("smoke"), 64)
     with pytest.raises(PelaBenchError, match=victim.name):
-        for _ in DataLoader(data.val, batch_size=16):
+        for _ in DataLoader(DictSamples(data.content.val), batch_size=16):
             pass
 
 
 def test_missing_root_and_split(tmp_path):
+    task = create_task("cls")
     with pytest.raises(PelaBenchError, match="data root not found"):
-        create_task("cls").datasets(tmp_path / "none", 64)
+        task.load(tmp_path / "none", task.schedule("smoke"), 64)
+    with pytest.raises(PelaBenchError, match="data root not found"):
+        image_folder_datasets(tmp_path / "none", 64)
+    with pytest.raises(PelaBenchError, match="does not exist"):
+        task.check_root(tmp_path / "none")
     (tmp_path / "train" / "a").mkdir(parents=True)
     with pytest.raises(PelaBenchError, match="val"):
-        create_task("cls").datasets(tmp_path, 64)
+        task.load(tmp_path, task.schedule("smoke"), 64)
+    with pytest.raises(PelaBenchError, match="no 'val' folder"):
+        task.check_root(tmp_path)
+
+
+def test_schedules_per_budget():
+    task = create_task("cls")
+    assert {"tiny", "smoke", "paper"} <= set(task.schedules)
+    tiny = task.schedule("tiny")
+    assert task.synthetic_spec(tiny, None) == {"n_train": tiny.synthetic_train, "n_val": tiny.synthetic_val,
+                                               "img_size": 64}
+    assert task.synthetic_spec(tiny, 32)["img_size"] == 32
+    with pytest.raises(PelaBenchError, match="no schedule for budget 'huge'"):
+        task.schedule("huge")
 
 
 def test_unknown_and_planned_tasks():

@@ -14,17 +14,25 @@ from PIL import Image
 from backbones import create_backbone
 from benchmark.efficiency import count_flops
 from common.errors import PelaBenchError
-from tasks.dense import DenseSchedule
-from tasks.detection import DetectionTask, audit_coco, load_det_data
-from tasks.segmentation import SegmentationTask, load_seg_data
+from tasks import RunContext, TaskData, TaskResult
+from tasks.detection import DET_SCHEDULES, DetectionTask, audit_coco, load_det_data
+from tasks.mm.engine import MMInference, MMSchedule, MMTask, trainable_copy
+from tasks.segmentation import SEG_SCHEDULES, SegData, SegmentationTask, load_seg_data
 from tasks.synthetic import dense_world, write_detection, write_segmentation
 
 # Test-time scales differ from the 64-px scenes, so the checks run on resized images as with real data.
-SEG = DenseSchedule(by_epoch=False, length=1, batch_size=2, lr=1e-4, weight_decay=0.01, warmup_iters=1,
-                    img_scale=(256, 80), crop_size=(64, 64), val_subset=2, log_interval=1)
-DET = DenseSchedule(by_epoch=False, length=1, batch_size=2, lr=1e-4, weight_decay=0.05, warmup_iters=1,
-                    img_scale=(80, 80), val_subset=2, log_interval=1,
-                    rpn_train_proposals=50, rcnn_train_samples=16, rpn_test_proposals=20)
+SEG = MMSchedule(by_epoch=False, length=1, batch_size=2, lr=1e-4, weight_decay=0.01, warmup_iters=1,
+                 img_scale=(256, 80), crop_size=(64, 64), val_subset=2, log_interval=1)
+DET = MMSchedule(by_epoch=False, length=1, batch_size=2, lr=1e-4, weight_decay=0.05, warmup_iters=1,
+                 img_scale=(80, 80), val_subset=2, log_interval=1,
+                 rpn_train_proposals=50, rcnn_train_samples=16, rpn_test_proposals=20)
+CPU = torch.device("cpu")
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
+
+
+def ctx(work_dir, progress=False, **kw):
+    return RunContext(device=CPU, seed=0, work_dir=work_dir, workers=0, progress=progress, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +55,21 @@ def _copy(root, tmp_path):
 
 def test_segmentation_trains_tests_and_resumes(seg_root, tmp_path, monkeypatch, capsys):
     task = SegmentationTask()
-    data = task.datasets(seg_root)
-    assert data.provenance == "synthetic" and data.classes[0] == "background"
+    data = task.load(seg_root, SEG, None)
+    assert isinstance(data, TaskData) and isinstance(data.content, SegData)
+    assert data.provenance == "synthetic" and data.content.classes[0] == "background"
     work = tmp_path / "work"
-    first = task.run(create_backbone("deit_micro"), data, SEG, work_dir=work, seed=0, device=torch.device("cpu"),
-                     workers=0, progress=True)
-    assert set(first.metrics) == {"mIoU", "mAcc", "aAcc"}
+    student = create_backbone("deit_micro")
+    first = task.run(student, data, SEG, ctx(work, progress=True))
+    assert isinstance(first, TaskResult)
+    assert set(first.metrics) == {"mIoU", "mAcc", "aAcc"} == {m.name for m in task.metrics}
     assert 0.0 <= first.metrics["mIoU"] <= 100.0
+    assert first.seconds > 0
+    assert first.details["train_batch"] == SEG.batch_size and first.details["work_dir"] == str(work)
+    assert first.details["schedule"]["length"] == 1 and first.details["data_audit"] == data.audit
     assert (work / "last_checkpoint").is_file()
+    # The student is fine-tuned as a copy: no neck, no dropped classifier leak into it.
+    assert student.pyramid_neck is None and student.info.num_classes == 16
     # The console shows training progress, not mmengine's per-parameter and environment dumps;
     # those stay in the fine-tune's log file.
     console = capsys.readouterr().out
@@ -66,22 +81,30 @@ def test_segmentation_trains_tests_and_resumes(seg_root, tmp_path, monkeypatch, 
     # It runs as on a GPU host (mmengine sees CUDA) and must still honour device=cpu.
     import mmengine.runner.runner as runner_module
     monkeypatch.setattr(runner_module, "get_device", lambda: "cuda")
-    again = task.run(create_backbone("deit_micro"), data, SEG, work_dir=work, seed=0, device=torch.device("cpu"),
-                     workers=0, progress=False)
+    again = task.run(create_backbone("deit_micro"), data, SEG, ctx(work))
     assert again.metrics == pytest.approx(first.metrics)
     # The inference path is countable: backbone + neck + UperNet head at the crop size.
-    flops = count_flops(task.inference_module(first.model), (1, 3, 64, 64), on_meta=False)
+    measured = task.measured_module(first)
+    assert isinstance(measured, MMInference) and measured.model is first.model
+    inputs = task.example_inputs(data, SEG, first.model, 1)
+    assert set(inputs) == {"image"} and inputs["image"].shape == (1, 3, 64, 64) == (1, 3, *SEG.crop_size)
+    assert task.input_size(SEG, data) == 64
+    flops = count_flops(measured, inputs, on_meta=False)
     assert flops["flops"] > 0
+    assert count_flops(measured, (1, 3, 64, 64), on_meta=False)["flops"] == flops["flops"]
 
 
 def test_detection_trains_and_reports_box_and_mask_ap(det_root, tmp_path):
     task = DetectionTask()
-    data = task.datasets(det_root)
+    data = task.load(det_root, DET, None)
+    assert data.provenance == "synthetic" and data.content.classes == ("circle", "square", "triangle", "cross")
     assert data.audit["val"]["images"] == 2 and data.audit["train"]["degenerate"] == 0
-    res = task.run(create_backbone("swin_micro"), data, DET, work_dir=tmp_path / "work", seed=0,
-                   device=torch.device("cpu"), workers=0, progress=False)
-    assert {"AP_box", "AP_mask", "AP50_box"} <= set(res.metrics)
+    assert data.audit == data.content.audit
+    res = task.run(create_backbone("swin_micro"), data, DET, ctx(tmp_path / "work"))
+    assert {"AP_box", "AP_mask", "AP50_box"} <= set(res.metrics) <= {m.name for m in task.metrics}
     assert all(np.isnan(v) or 0.0 <= v <= 100.0 for v in res.metrics.values())
+    assert res.details["train_batch"] == DET.batch_size and res.details["data_audit"] == data.audit
+    assert isinstance(task.measured_module(res), MMInference)
 
 
 def test_coco_metric_on_a_validation_subset_scores_only_the_evaluated_images(tmp_path):
@@ -95,7 +118,9 @@ def test_coco_metric_on_a_validation_subset_scores_only_the_evaluated_images(tmp
     from mmengine.registry import DefaultScope
 
     root = write_detection(tmp_path / "coco", n_train=1, n_val=4, world=dense_world(64), progress=False)
-    data = load_det_data(root)
+    task = DetectionTask()
+    data = task.load(root, DET, None)
+    assert data.content == load_det_data(root)
     coco = COCO(str(ann_file(root, "val")))
     names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
     samples = []
@@ -107,11 +132,11 @@ def test_coco_metric_on_a_validation_subset_scores_only_the_evaluated_images(tmp
                               for a in anns], dtype=torch.float32)
         samples.append({"img_id": img_id, "ori_shape": (img["height"], img["width"]), "pred_instances": {
             "bboxes": boxes, "scores": torch.ones(len(anns)),
-            "labels": torch.tensor([data.classes.index(names[a["category_id"]]) for a in anns]),
+            "labels": torch.tensor([data.content.classes.index(names[a["category_id"]]) for a in anns]),
             "masks": torch.from_numpy(np.stack([coco.annToMask(a) for a in anns]).astype(bool))}})
     with DefaultScope.overwrite_default_scope("mmdet"):
-        metric = METRICS.build(DetectionTask().evaluator(data, DET))
-    metric.dataset_meta = {"classes": data.classes}
+        metric = METRICS.build(task.evaluator(data, DET))
+    metric.dataset_meta = {"classes": data.content.classes}
     metric.process({}, samples)
     scores = metric.evaluate(len(samples))
     assert scores["coco/bbox_mAP"] == pytest.approx(1.0) and scores["coco/segm_mAP"] == pytest.approx(1.0)
@@ -160,8 +185,7 @@ def test_out_of_range_label_stops_a_real_run(seg_root, tmp_path):
         Image.fromarray(np.full((64, 64), 42, np.uint8)).save(png)
     task = SegmentationTask()
     with pytest.raises(PelaBenchError, match="out of range for 5 classes"):
-        task.run(create_backbone("deit_micro"), task.datasets(root), SEG, work_dir=tmp_path / "w", seed=0,
-                 device=torch.device("cpu"), workers=0, progress=False)
+        task.run(create_backbone("deit_micro"), task.load(root, SEG, None), SEG, ctx(tmp_path / "w"))
 
 
 def test_coco_audit_counts_skips_and_names_broken_files(det_root, tmp_path, caplog):
@@ -220,3 +244,85 @@ def test_image_size_differing_from_its_annotation_is_an_error():
     assert check.transform(dict(results)) is not None
     with pytest.raises(PelaBenchError, match=r"x\.jpg: image is 48x64 but its annotation file records 64x64"):
         check.transform(dict(results, width=64))
+
+
+# -- the contract, without a fine-tune ---------------------------------------------------
+
+
+def test_schedules_per_budget_and_input_size():
+    for task, schedules in ((SegmentationTask(), SEG_SCHEDULES), (DetectionTask(), DET_SCHEDULES)):
+        assert isinstance(task, MMTask) and task.fine_tunes and task.needs == ("pyramid",)
+        assert task.schedules is schedules and {"tiny", "smoke", "paper"} <= set(schedules)
+        for budget, s in schedules.items():
+            assert task.schedule(budget) is s and s.synthetic_train >= 1 and s.synthetic_val >= 1
+            assert task.synthetic_spec(s, None) == {"n_train": s.synthetic_train, "n_val": s.synthetic_val,
+                                                    "img_size": s.input_size}
+            assert task.input_size(s, None) == s.input_size
+        assert schedules["tiny"].synthetic_train < schedules["smoke"].synthetic_train
+    # the segmentation crop, or the detection test scale's short side
+    assert SEG_SCHEDULES["paper"].input_size == 512 and SEG.input_size == 64
+    assert DET_SCHEDULES["paper"].input_size == 800 and DET.input_size == 80
+    assert SEG_SCHEDULES["paper"].length == 160_000 and DET_SCHEDULES["paper"].by_epoch
+    assert "iterations, batch 16" in SegmentationTask().describe_schedule(SEG_SCHEDULES["paper"])
+    assert "36 epochs" in DetectionTask().describe_schedule(DET_SCHEDULES["paper"])
+
+
+@pytest.mark.parametrize("field,value", [("length", 0), ("batch_size", 0), ("synthetic_train", 0),
+                                         ("synthetic_val", 0), ("latency_repeats", 0), ("lr", 0.0)])
+def test_schedule_values_are_checked(field, value):
+    kwargs = dict(by_epoch=False, length=1, batch_size=1, lr=1e-4, weight_decay=0.0, warmup_iters=1,
+                  img_scale=(64, 64))
+    MMSchedule(**kwargs)
+    with pytest.raises(PelaBenchError, match=field):
+        MMSchedule(**{**kwargs, field: value})
+
+
+def test_loaders_take_the_train_batch_and_the_validation_subset(seg_root, det_root):
+    for task, root, s in ((SegmentationTask(), seg_root, SEG), (DetectionTask(), det_root, DET)):
+        data = task.load(root, s, None)
+        train, test = task.loaders(data, s, workers=0)
+        assert train["batch_size"] == s.batch_size and train["num_workers"] == 0
+        assert test["batch_size"] == 1 and test["dataset"]["indices"] == s.val_subset
+        train, _ = task.loaders(data, s, workers=2, train_batch=3)
+        assert train["batch_size"] == 3 and train["num_workers"] == 2 and train["persistent_workers"]
+        assert str(root) == train["dataset"]["data_root"]
+    seg = SegmentationTask().load(seg_root, SEG, None)
+    assert SegmentationTask().loaders(seg, SEG, workers=0)[0]["dataset"]["type"] == "SyntheticADEDataset"
+    assert SegmentationTask().evaluator(seg, SEG) == dict(type="IoUMetric", iou_metrics=["mIoU"])
+    det = DetectionTask().load(det_root, DET, None)
+    # a validation subset is scored on the images evaluated; the full split by mmdet's own metric
+    assert DetectionTask().evaluator(det, DET)["type"] == "EvaluatedImagesCocoMetric"
+    full = MMSchedule(**{**{f: getattr(DET, f) for f in DET.__dataclass_fields__}, "val_subset": None})
+    assert DetectionTask().evaluator(det, full)["type"] == "CocoMetric"
+    assert "indices" not in DetectionTask().loaders(det, full, workers=0)[1]["dataset"]
+
+
+def test_postprocess_names_and_scales_the_metrics():
+    seg = SegmentationTask()
+    assert seg.postprocess({"mIoU": 41.5, "mAcc": 50.0, "aAcc": 80.0, "extra": 1.0}, SEG) == \
+        {"mIoU": 41.5, "mAcc": 50.0, "aAcc": 80.0}
+    with pytest.raises(PelaBenchError, match="no mIoU"):
+        seg.postprocess({"aAcc": 80.0}, SEG)
+    det = DetectionTask()
+    raw = {"coco/bbox_mAP": 0.5, "coco/bbox_mAP_50": 0.75, "coco/bbox_mAP_75": 0.25,
+           "coco/segm_mAP": -1.0, "coco/segm_mAP_50": 0.1, "coco/segm_mAP_75": 0.0}
+    out = det.postprocess(raw, DET)
+    assert out["AP_box"] == pytest.approx(50.0) and out["AP50_box"] == pytest.approx(75.0)
+    assert np.isnan(out["AP_mask"]) and out["AP50_mask"] == pytest.approx(10.0)
+    assert set(out) == {m.name for m in det.metrics}
+    # no box kept on any image: every AP is 0
+    assert det.postprocess({}, DET) == {m.name: 0.0 for m in det.metrics}
+    with pytest.raises(PelaBenchError, match="no box AP"):
+        det.postprocess({"coco/segm_mAP": 0.1}, DET)
+
+
+def test_trainable_copy_leaves_the_student_alone():
+    student = create_backbone("deit_micro").eval()
+    for p in student.parameters():
+        p.requires_grad_(False)
+    copy = trainable_copy(student)
+    assert copy is not student and copy.training and not student.training
+    assert all(p.requires_grad for p in copy.parameters())
+    assert not any(p.requires_grad for p in student.parameters())
+    copy.attach_pyramid()
+    assert student.pyramid_neck is None

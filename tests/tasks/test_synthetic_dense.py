@@ -149,14 +149,44 @@ def test_classification_marker_still_reads(tmp_path):
     assert read_marker(root)["provenance"] == "synthetic"
 
 
-@pytest.mark.parametrize("task,expected", [("seg", "annotations/validation/000000.png"),
-                                           ("det", "annotations/instances_val2017.json")])
+def _make_data(*args):
+    r = subprocess.run([sys.executable, "tools/make_data.py", *map(str, args)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=180, check=False)
+    assert r.returncode == 0, r.stderr[-1500:]
+    return r
+
+
+@pytest.mark.parametrize("task,expected", [("det", "annotations/instances_val2017.json")])
 def test_make_data_cli(task, expected, tmp_path):
     out = tmp_path / task
-    r = subprocess.run([sys.executable, "tools/make_data.py", "--task", task, "--out", str(out),
-                        "--train", "2", "--val", "1"], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                       check=False)
-    assert r.returncode == 0, r.stderr[-1500:]
+    _make_data("--task", task, "--out", out, "--train", 2, "--val", 1)
     marker = json.loads((out / MARKER_FILE).read_text())
     assert marker["task"] == task and marker["n_train"] == 2 and marker["world"]["img_size"] == 128
     assert (out / expected).is_file()
+
+
+def test_make_data_writes_the_ade_layout(tmp_path):
+    """tools/make_data.py --task seg: ADE20K's folders, one label map per image, the marker last."""
+    out = tmp_path / "ade"
+    _make_data("--task", "seg", "--out", out, "--train", 4, "--val", 2)
+    marker = json.loads((out / MARKER_FILE).read_text())
+    assert marker["provenance"] == "synthetic" and marker["task"] == "seg" and marker["format"] == "ade20k"
+    assert marker["n_train"] == 4 and marker["n_val"] == 2 and marker["classes"] == list(SEG_CLASSES)
+    assert marker["world"]["img_size"] == 128 and marker["reduce_zero_label"] is True  # the smoke crop
+    assert sorted(p.relative_to(out).as_posix() for p in out.iterdir()) == ["annotations", "images", MARKER_FILE]
+    for folder, n in (("training", 4), ("validation", 2)):
+        assert sorted(p.name for p in (out / "images" / folder).iterdir()) == [f"{i:06d}.jpg" for i in range(n)]
+        assert sorted(p.name for p in (out / "annotations" / folder).iterdir()) == [f"{i:06d}.png" for i in range(n)]
+    assert (out / "annotations/validation/000000.png").is_file()
+    lbl = Image.open(out / "annotations" / "training" / "000003.png")
+    assert lbl.mode == "L" and lbl.size == Image.open(out / "images" / "training" / "000003.jpg").size == (128, 128)
+    # the same scenes as the writer itself
+    again = write_segmentation(tmp_path / "direct", n_train=4, n_val=2, progress=False)
+    assert (again / "annotations/training/000003.png").read_bytes() == \
+        (out / "annotations/training/000003.png").read_bytes()
+    # and the segmentation task reads it as synthetic data
+    from tasks import create_task
+
+    task = create_task("seg")
+    data = task.load(out, task.schedule("smoke"), None)
+    assert data.provenance == "synthetic" and data.content.classes == SEG_CLASSES
