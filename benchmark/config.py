@@ -141,10 +141,14 @@ def config_hash(payload: Any) -> str:
 
 
 def method_options_for(name: str, cfg: SuiteConfig) -> dict[str, Any]:
-    """The `--set` options (and `--ratio`) that method `name` takes."""
-    from methods import method_class
+    """The `--set` options (and `--ratio`) that method `name` takes.
 
-    known = {f.name for f in fields(method_class(name).options_cls)}
+    Options a variant fixes are left to it: `--set alpha=0.5` changes PELA's alpha,
+    while `pela_no_fd` keeps its alpha of 0 (that is what the row means).
+    """
+    from methods import method_class, pinned_options
+
+    known = {f.name for f in fields(method_class(name).options_cls)} - set(pinned_options(name))
     opts = {k: v for k, v in cfg.method_options.items() if k in known}
     if cfg.ratio is not None and "ratio" in known:
         opts["ratio"] = cfg.ratio
@@ -156,7 +160,7 @@ def validate(cfg: SuiteConfig) -> None:
     import torch
 
     from backbones import create_backbone
-    from methods import create_method, method_class
+    from methods import create_method, method_class, pinned_options
     from tasks import canonical_task_name, create_task
 
     if cfg.budget not in BUDGETS:
@@ -179,13 +183,19 @@ def validate(cfg: SuiteConfig) -> None:
         raise PelaBenchError(f"--ratio must be >= 1 (1/ratio of the parameters is kept), got {cfg.ratio}")
     unused = set(cfg.method_options) - {
         f.name for name in cfg.methods for f in fields(method_class(name).options_cls)
+        if f.name not in pinned_options(name)
     }
     if unused:
-        raise PelaBenchError(f"option(s) {', '.join(sorted(unused))} apply to none of the methods {', '.join(cfg.methods)}")
+        raise PelaBenchError(f"option(s) {', '.join(sorted(unused))} apply to none of the methods "
+                             f"{', '.join(cfg.methods)} (variants such as pela_no_fd fix their own)")
     methods = [create_method(name, **method_options_for(name, cfg)) for name in cfg.methods]
     known_data = {t.name for t in tasks} | {pretrain.name}
+    seen: dict[str, str] = {}
     for key, root in cfg.data.items():
         name = canonical_task_name(key)
+        if name in seen:
+            raise PelaBenchError(f"--data {seen[name]} and --data {key} name the same task {name!r}")
+        seen[name] = key
         if name not in known_data:
             raise PelaBenchError(f"--data {key}={root}: task {name!r} is neither run nor the pre-training task "
                                  f"({', '.join(sorted(known_data))})")

@@ -34,7 +34,7 @@ from common.io import atomic_save_torch
 from common.params import count_params
 from common.seed import seed_everything
 from methods import Method, create_method
-from tasks import RunContext, Task, TaskData, create_task
+from tasks import RunContext, Task, TaskData, canonical_task_name, create_task
 
 log = logging.getLogger("pela_bench")
 
@@ -85,6 +85,7 @@ class SuiteRunner:
             task = create_task(name)
             self.tasks.setdefault(task.name, task)
         self.pretrain_task = create_task(self.info.pretrain_task)
+        self.data_roots = {canonical_task_name(k): v for k, v in cfg.data.items()}
         self.scaling = BatchScaling(self.device, cfg.seed)
         self._data: dict[str, TaskData] = {}
 
@@ -94,7 +95,7 @@ class SuiteRunner:
         if task.name in self._data:
             return self._data[task.name]
         schedule = task.schedule(self.budget.name)
-        root = self.cfg.data.get(task.name)
+        root = self.data_roots.get(task.name)
         if root is None:
             spec = {"task": task.name, "seed": self.cfg.seed, **task.synthetic_spec(schedule, self.budget.img_size)}
             stage = self.cache.stage("data", f"synthetic-{task.name}", spec)

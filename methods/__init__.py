@@ -3,7 +3,8 @@
 `lowrank.py` holds the project's only low-rank layer; every factorising method uses it.
 """
 
-from methods.base import Method, MethodOptions, create_method, list_methods, method_class, register_method
+from methods.base import (Method, MethodOptions, create_method, list_methods, method_class, pinned_options,
+                          register_method)
 from methods.lowrank import LowRankLinear, factorize, lowrank_modules, lowrank_rank
 
 # Import the method files so they register themselves.
@@ -19,5 +20,6 @@ __all__ = [
     "lowrank_modules",
     "lowrank_rank",
     "method_class",
+    "pinned_options",
     "register_method",
 ]

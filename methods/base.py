@@ -136,6 +136,12 @@ def register_method(name: str, **defaults: Any) -> Callable[[type[Method]], type
     return wrap
 
 
+def pinned_options(name: str) -> dict[str, Any]:
+    """The options a registered variant fixes (``pela_no_fd``: alpha=0)."""
+    method_class(name)
+    return dict(_METHODS[name][1])
+
+
 def list_methods() -> list[str]:
     return sorted(_METHODS)
 
@@ -207,15 +213,15 @@ def create_method(name: str, **options: Any) -> Method:
         raise PelaBenchError(
             f"method {name!r} has no option(s) {', '.join(unknown)}; it takes: {', '.join(sorted(known))}"
         )
-    clashes = [k for k, v in options.items() if k in pinned and v is not None and v != pinned[k]]
+    options = {k: v for k, v in options.items() if v is not None}  # None: the option's default
+    check_option_types(name, cls.options_cls, options)
+    options = _as_declared(cls.options_cls, options)
+    clashes = [k for k, v in options.items() if k in pinned and v != pinned[k]]
     if clashes:
         raise PelaBenchError(
             f"method {name!r} fixes {', '.join(f'{k}={pinned[k]}' for k in clashes)}; "
             f"use the method it is a variant of to change it"
         )
-    options = {k: v for k, v in options.items() if v is not None}  # None: the option's default
-    check_option_types(name, cls.options_cls, options)
-    options = _as_declared(cls.options_cls, options)
     merged = {**options, **pinned}
     method = cls(cls.options_cls(**merged))
     method.name = name

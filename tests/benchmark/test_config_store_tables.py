@@ -1,11 +1,12 @@
 import json
+import multiprocessing
 
 import pytest
 
-from benchmark.config import SuiteConfig, config_hash, validate
-from benchmark.store import ResultStore, row_id
-from benchmark.tables import render_csv, render_markdown, write_leaderboard
-from benchmark.trainer import cosine_with_warmup
+from benchmark.config import BUDGET_PRESETS, BUDGETS, SuiteConfig, config_hash, validate
+from benchmark.provenance import code_label, code_version, machine, versions
+from benchmark.store import ROW_KEY_FIELDS, ResultStore, row_id
+from benchmark.tables import STALE_MARK, render_csv, render_markdown, write_leaderboard
 from common.errors import PelaBenchError
 
 
@@ -21,7 +22,18 @@ def test_default_config_is_valid():
         ({"tasks": ("vqa",)}, "not implemented yet"),
         ({"ratio": 0.5}, "--ratio"),
         ({"budget": "huge"}, "--budget"),
-        ({"data_root": "/nonexistent/imagenet"}, "/nonexistent/imagenet"),
+        ({"data": {"cls": "/nonexistent/imagenet"}}, "--data cls=/nonexistent/imagenet does not exist"),
+        ({"data": {"classification": "/nonexistent/imagenet"}}, "--data cls=/nonexistent/imagenet"),  # an alias
+        ({"data": {"nosuch": "/tmp"}}, "unknown task 'nosuch'"),
+        ({"data": {"seg": "/tmp"}}, "task 'seg' is neither run nor the pre-training task"),
+        ({"tasks": ()}, "--tasks is empty"),
+        ({"methods": ()}, "--methods is empty"),
+        ({"device": "tpu"}, "--device 'tpu'"),
+        ({"seed": -1}, "--seed"),
+        ({"checkpoint_steps": -1}, "checkpoint intervals"),
+        ({"checkpoint_minutes": -0.5}, "checkpoint intervals"),
+        ({"methods": ("pela",), "method_options": {"alpha": "abc"}}, "option alpha='abc': pela expects a number"),
+        ({"methods": ("pela",), "method_options": {"keep_full_rank": "head*"}}, "keep_full_rank"),
         ({"teacher_weights": "/nonexistent/t.pt"}, "/nonexistent/t.pt"),
         ({"method_options": {"rwp_form": "cubic"}}, "rwp_form"),
         ({"methods": ("dense", "svd"), "method_options": {"alpha": 1.0}}, "alpha"),
@@ -35,7 +47,21 @@ def test_invalid_configs_fail_fast_naming_the_field(changes, needle):
 
 def test_data_root_without_splits(tmp_path):
     with pytest.raises(PelaBenchError, match="no 'train' folder"):
-        validate(SuiteConfig(data_root=str(tmp_path)))
+        validate(SuiteConfig(data={"cls": str(tmp_path)}))
+
+
+def test_budgets_are_tiny_smoke_paper_and_every_task_has_a_schedule_for_each():
+    from tasks import create_task, list_tasks
+
+    assert BUDGETS == ("tiny", "smoke", "paper")
+    for name in list_tasks():
+        for budget in BUDGETS:
+            create_task(name).schedule(budget)
+    with pytest.raises(PelaBenchError, match="no schedule for budget 'huge'"):
+        create_task("cls").schedule("huge")
+    tiny = BUDGET_PRESETS["tiny"]
+    assert tiny.teacher_for(1_000) == tiny.teacher and tiny.teacher_for(50_000_000) == tiny.teacher_large
+    assert BUDGET_PRESETS["paper"].pretrain_for(50_000_000) == BUDGET_PRESETS["paper"].pretrain
 
 
 def test_hash_is_stable_and_sensitive():
@@ -44,10 +70,10 @@ def test_hash_is_stable_and_sensitive():
     assert a != config_hash({"x": 2, "y": [1, 2]})
 
 
-def _row(method, top1, prov="synthetic"):
-    return {"backbone": "deit_micro", "method": method, "task": "cls", "seed": 0, "provenance": prov,
-            "budget": "smoke", "config_hash": "h" + method, "metrics": {"top1": top1, "top5": 99.0},
-            "primary_metric": "top1", "efficiency": {"params_m": 1.0, "gflops": 0.1}}
+def _row(method, top1, prov="synthetic", options="", **extra):
+    return {"backbone": "deit_micro", "method": method, "options": options, "task": "cls", "seed": 0,
+            "provenance": prov, "budget": "smoke", "config_hash": "h" + method, "metrics": {"top1": top1, "top5": 99.0},
+            "primary_metric": "top1", "efficiency": {"params_m": 1.0, "gflops": 0.1}, **extra}
 
 
 def test_store_replaces_rows_never_duplicates(tmp_path):
@@ -57,8 +83,50 @@ def test_store_replaces_rows_never_duplicates(tmp_path):
     store.put(_row("pela", 81.0))
     rows = store.rows()
     assert len(rows) == 2 and {r["method"]: r["metrics"]["top1"] for r in rows} == {"pela": 81.0, "svd": 40.0}
-    assert store.find(row_id(_row("pela", 0)), "hpela")["metrics"]["top1"] == 81.0
-    assert store.find(row_id(_row("pela", 0)), "other") is None
+    # The same method with other options is another row (Table 7's alpha sweep), replaced in its turn.
+    assert "options" in ROW_KEY_FIELDS and row_id(_row("pela", 0)) != row_id(_row("pela", 0, options="alpha=0.5"))
+    store.put(_row("pela", 70.0, options="alpha=0.5"))
+    store.put(_row("pela", 71.0, options="alpha=0.5"))
+    by = {(r["method"], r["options"]): r["metrics"]["top1"] for r in store.rows()}
+    assert by == {("pela", ""): 81.0, ("svd", ""): 40.0, ("pela", "alpha=0.5"): 71.0}
+    assert len(store.rows()) == 3
+
+
+def test_store_refuses_a_row_without_its_key(tmp_path):
+    row = _row("pela", 1.0)
+    del row["options"]
+    with pytest.raises(ValueError, match="options"):
+        ResultStore(tmp_path / "r.jsonl").put(row)
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def _put_rows(path, worker, n, barrier):
+    store = ResultStore(path)
+    barrier.wait()  # all writers start together
+    for i in range(n):
+        store.put(_row(f"m{worker}-{i}", float(i)))
+        store.put(_row("shared", float(worker)))  # one key every writer replaces
+        store.put(_row(f"m{worker}-{i}", float(i) + 0.5))  # and its own row, replaced at once
+
+
+def test_concurrent_puts_from_several_processes_lose_and_duplicate_nothing(tmp_path):
+    path = tmp_path / "results.jsonl"
+    ctx = multiprocessing.get_context("fork")  # the writers need nothing but the store
+    workers, n = 4, 10
+    barrier = ctx.Barrier(workers)
+    procs = [ctx.Process(target=_put_rows, args=(path, w, n, barrier)) for w in range(workers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert all(p.exitcode == 0 for p in procs)
+    rows = ResultStore(path).rows()
+    ids = [row_id(r) for r in rows]
+    assert len(ids) == len(set(ids))  # no duplicate
+    expected = {f"m{w}-{i}" for w in range(workers) for i in range(n)} | {"shared"}
+    assert {r["method"] for r in rows} == expected  # no row lost
+    assert all(r["metrics"]["top1"] == int(r["metrics"]["top1"]) + 0.5 for r in rows if r["method"] != "shared")
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no half-written file left
 
 
 def test_store_reports_corrupt_line(tmp_path):
@@ -81,10 +149,49 @@ def test_leaderboard_ranks_and_separates_provenance(tmp_path):
     assert (tmp_path / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cosine_schedule_with_warmup():
-    assert cosine_with_warmup(0, 100, 10, 0.01) == pytest.approx(0.1)
-    assert cosine_with_warmup(9, 100, 10, 0.01) == pytest.approx(1.0)
-    assert cosine_with_warmup(10, 100, 10, 0.01) == pytest.approx(1.0)
-    assert cosine_with_warmup(100, 100, 10, 0.01) == pytest.approx(0.01)
-    mids = [cosine_with_warmup(s, 100, 10, 0.0) for s in range(10, 100)]
-    assert all(a >= b for a, b in zip(mids, mids[1:]))
+def test_leaderboard_takes_each_rows_columns_and_direction():
+    seg = dict(task="seg", primary_metric="mIoU", higher_is_better=True,
+               columns=[["metrics.mIoU", "mIoU (%)", "{:.2f}"], ["finetune.train_batch", "train batch", "{}"]])
+    rows = [_row("dense", 0, **seg, finetune={"train_batch": 2}), _row("pela", 0, **seg, finetune={"train_batch": 4})]
+    rows[0]["metrics"] = {"mIoU": 30.0}
+    rows[1]["metrics"] = {"mIoU": 40.0}
+    md = render_markdown(rows)
+    header = next(ln for ln in md.splitlines() if ln.startswith("| rank"))
+    assert "mIoU (%)" in header and "train batch" in header and "top-1" not in header
+    assert md.index("| 1 | pela") < md.index("| 2 | dense") and "| 4 |" in md
+    # A metric where lower is better ranks the other way round.
+    for r in rows:
+        r["higher_is_better"] = False
+    md = render_markdown(rows)
+    assert md.index("| 1 | dense") < md.index("| 2 | pela")
+    # Methods with options show them.
+    assert "| options |" not in md
+    rows[1]["options"] = "alpha=0.5"
+    assert "alpha=0.5" in render_markdown(rows)
+
+
+def test_leaderboard_marks_rows_of_another_code_version_and_notes_noise():
+    current = {"commit": "a" * 40, "dirty": False}
+    rows = [_row("pela", 80.0, code=current), _row("svd", 40.0, code={"commit": "b" * 40, "dirty": False}),
+            _row("dense", 85.0, code={"commit": "a" * 40, "dirty": True}), _row("lora", 10.0)]
+    md = render_markdown(rows, current_code=current)
+    line = {m: next(ln for ln in md.splitlines() if ln.startswith("| ") and f" {m}" in ln.split("|")[2])
+            for m in ("pela", "svd", "dense", "lora")}
+    assert STALE_MARK not in line["pela"]
+    assert f"svd {STALE_MARK}" in line["svd"] and f"dense {STALE_MARK}" in line["dense"]
+    assert f"lora {STALE_MARK}" in line["lora"]  # no code recorded: not known to be this version
+    assert f"{STALE_MARK} produced by another code version" in md and "aaaaaaaaaa)" in md
+    assert "One seed per row" in md  # the noise note
+    # Without a current version (or with every row current) nothing is marked.
+    assert STALE_MARK not in render_markdown(rows)
+    assert STALE_MARK not in render_markdown([rows[0]], current_code=current)
+
+
+def test_provenance_records_code_machine_and_versions():
+    code = code_version()
+    assert ("commit" in code and len(code["commit"]) == 40 and isinstance(code["dirty"], bool)) or "package" in code
+    assert code_label({"commit": "0123456789abcdef", "dirty": True}) == "0123456789+dirty"
+    assert code_label({"package": "1.0"}) == "v1.0" and code_label(None) == "unknown"
+    m = machine()
+    assert m["cpu"] and m["threads"] >= 1 and "gpu" in m
+    assert {"python", "torch", "timm"} <= set(versions())

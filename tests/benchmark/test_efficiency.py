@@ -106,3 +106,46 @@ def test_measure_all_row_fields():
                 "latency_batch", "latency_threads"):
         assert row[key] > 0
     assert row["gflops"] == pytest.approx(2 * row["gmacs"])
+
+
+class _KeywordModel(nn.Module):
+    """A forward of keyword inputs, as a task's example inputs give them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = create_backbone("deit_micro")
+        self.text = nn.Embedding(10, 8)
+
+    def forward(self, image: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
+        return self.backbone(image).sum(1) + self.text(text_ids).sum((1, 2))
+
+
+def test_measure_all_takes_a_shape_keyword_inputs_or_a_function_of_the_batch():
+    from common.params import count_params
+
+    torch.manual_seed(0)
+    model = _KeywordModel()
+    calls = []
+
+    def inputs(batch):
+        calls.append(batch)
+        return {"image": torch.randn(batch, 3, 64, 64), "text_ids": torch.zeros(batch, 4, dtype=torch.long)}
+
+    by_fn = measure_all(model, inputs, latency_repeats=1, latency_warmup=0, threads=1, latency_batch=2)
+    assert sorted(calls) == [1, 2]  # batch 1 for FLOPs, the latency batch for the timings
+    assert by_fn["latency_batch"] == 2 and by_fn["latency_ms_per_img"] == pytest.approx(by_fn["latency_ms"] / 2)
+    assert by_fn["params_m"] == pytest.approx(count_params(model) / 1e6)
+    by_dict = measure_all(model, inputs(3), latency_repeats=1, latency_warmup=0, threads=1)
+    assert by_dict["latency_batch"] == 3
+    assert by_dict["gflops"] == by_fn["gflops"] > 0  # FLOPs per image, whatever the batch given
+    backbone = measure_all(model.backbone, (2, 3, 64, 64), latency_repeats=1, latency_warmup=0, threads=1)
+    assert backbone["gflops"] == pytest.approx(count_flops(model.backbone, (1, 3, 64, 64))["flops"] / 1e9)
+    assert backbone["params_m"] < by_fn["params_m"]
+
+
+def test_count_params_counts_shared_weights_once():
+    from common.params import count_params
+
+    lin = nn.Linear(4, 4)
+    tied = nn.Sequential(lin, lin)
+    assert count_params(tied) == count_params(lin) == 20

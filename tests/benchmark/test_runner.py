@@ -1,56 +1,101 @@
-"""A fast end-to-end pass through every stage, plus resume-after-kill."""
+"""A fast end-to-end pass through every stage, plus resume-after-kill.
+
+Stages are reused only from `--out` (the stage cache), never from the published
+results store; these tests run the "tiny" budget with smaller synthetic worlds.
+"""
 
 import json
+import logging
+import shutil
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
+import torch
 
+import benchmark.batch_scaling as scaling_mod
 import benchmark.runner as runner_mod
+from backbones import create_backbone
 from benchmark.config import Budget, Schedule, SuiteConfig
-from benchmark.efficiency import count_parameters
+from benchmark.provenance import code_version
 from benchmark.runner import SuiteRunner
+from benchmark.stages import MARKER
 from benchmark.store import ResultStore
-from tasks.dense import DenseSchedule
+from benchmark.tables import STALE_MARK, render_markdown
+from common.params import count_params
 
 TINY = Budget(
     name="tiny",
     img_size=64,
     teacher=Schedule(epochs=1, lr=1e-3, batch_size=16, warmup_epochs=0),
     pretrain=Schedule(epochs=1, lr=1e-3, batch_size=16, warmup_epochs=0),
-    synthetic_train=32,
-    synthetic_val=16,
-    eval_batch_size=16,
-    latency_repeats=2,
-    seg=DenseSchedule(by_epoch=False, length=1, batch_size=2, lr=1e-4, weight_decay=0.01, warmup_iters=1,
-                      img_scale=(256, 64), crop_size=(64, 64), val_subset=2, log_interval=1),
-    det=DenseSchedule(by_epoch=False, length=1, batch_size=2, lr=1e-4, weight_decay=0.05, warmup_iters=1,
-                      img_scale=(64, 64), val_subset=2, log_interval=1, rpn_train_proposals=50,
-                      rcnn_train_samples=16, rpn_test_proposals=20),
-    dense_synthetic_train=4,
-    dense_synthetic_val=2,
-    dense_latency_repeats=1,
 )
+
+
+@pytest.fixture(autouse=True)
+def small_worlds(monkeypatch, single_thread):
+    """Each task's "tiny" schedule, on fewer synthetic scenes: two training steps per stage (one thread)."""
+    from tasks.classification import ClassificationSchedule, ClassificationTask
+    from tasks.detection import DetectionTask
+    from tasks.segmentation import SegmentationTask
+
+    small_cls = ClassificationSchedule(synthetic_train=32, synthetic_val=16, eval_batch_size=16, latency_repeats=2)
+    monkeypatch.setattr(ClassificationTask, "schedules", {**ClassificationTask.schedules, "tiny": small_cls})
+    for task in (SegmentationTask, DetectionTask):
+        small = replace(task.schedules["tiny"], length=1, synthetic_train=4, synthetic_val=2, latency_repeats=1,
+                        head_channels=32)  # a narrow UPerHead: the runner's logic, at a fraction of the cost
+        monkeypatch.setattr(task, "schedules", {**task.schedules, "tiny": small})
 
 
 @pytest.fixture
 def cfg(tmp_path):
     return SuiteConfig(methods=("dense", "svd", "pela"), out=str(tmp_path / "runs"),
-                       results=str(tmp_path / "results"))
+                       results=str(tmp_path / "results"), budget="tiny")
 
 
-def test_suite_end_to_end_then_resume_without_rework(cfg, monkeypatch):
+def counting_train(monkeypatch, calls):
+    real_train = runner_mod.train
+
+    def train(*a, **k):
+        calls.append(k.get("desc"))
+        return real_train(*a, **k)
+
+    monkeypatch.setattr(runner_mod, "train", train)
+
+
+def test_suite_end_to_end_then_resume_without_rework_and_never_from_the_store(cfg, monkeypatch, caplog):
     rows = SuiteRunner(cfg, budget=TINY, progress=False).run()
     assert [r["method"] for r in rows] == ["dense", "svd", "pela"]
+    current = code_version()
     for r in rows:
-        assert r["provenance"] == "synthetic" and r["task"] == "cls"
-        assert 0 <= r["metrics"]["top1"] <= 100
+        assert r["provenance"] == "synthetic" and r["task"] == "cls" and r["budget"] == "tiny"
+        assert 0 <= r["metrics"]["top1"] <= 100 and r["primary_metric"] == "top1" and r["higher_is_better"] is True
         assert r["efficiency"]["params_m"] > 0 and r["efficiency"]["gflops"] > 0
+        assert r["efficiency"]["input_size"] == 64
         assert r["config"]["suite"]["backbone"] == "deit_micro"
+        assert r["columns"] == [["metrics.top1", "top-1 (%)", "{:.2f}"], ["metrics.top5", "top-5 (%)", "{:.2f}"]]
+        assert r["options"] == "" and "finetune" not in r  # classification does not fine-tune
+        assert r["code"] == current and ("commit" in r["code"] or "package" in r["code"])
+        assert r["machine"]["cpu"] and r["machine"]["threads"] >= 1 and "gpu" in r["machine"]
+        assert {"python", "torch", "timm"} <= set(r["versions"])
     by = {r["method"]: r for r in rows}
     assert by["svd"]["efficiency"]["params_m"] < 0.6 * by["dense"]["efficiency"]["params_m"]
     assert set(by["pela"]["loss_terms"]) == {"loss", "base", "fd", "rwp"}
     assert by["pela"]["ablation"] == {"fd": True, "rwp": True}
-    md = (cfg_results := __import__("pathlib").Path(cfg.results)) / "leaderboard.md"
-    assert "pela" in md.read_text() and (cfg_results / "leaderboard.csv").is_file()
+    results = Path(cfg.results)
+    board = (results / "leaderboard.md").read_text()
+    assert "pela" in board and (results / "leaderboard.csv").is_file() and STALE_MARK not in board
+    out = Path(cfg.out)
+    for kind in ("data", "teachers", "students/deit_micro", "rows/deit_micro"):
+        assert all((d / MARKER).is_file() for d in (out / kind).iterdir()), kind
+    assert not list(out.rglob("checkpoint.pt"))  # finished stages drop their checkpoints
+
+    # A row of another code version is marked as such.
+    stale = [dict(r) for r in ResultStore(results / "results.jsonl").rows()]
+    stale[1]["code"] = {"commit": "0" * 40, "dirty": False}
+    md = render_markdown(stale, current_code=current)
+    marked = [ln for ln in md.splitlines() if STALE_MARK in ln and ln.startswith("| ")]
+    assert len(marked) == 1 and f"{stale[1]['method']} {STALE_MARK}" in marked[0]
 
     # A second run trains nothing and writes no new row.
     def no_training(*a, **k):
@@ -59,53 +104,95 @@ def test_suite_end_to_end_then_resume_without_rework(cfg, monkeypatch):
     monkeypatch.setattr(runner_mod, "train", no_training)
     again = SuiteRunner(cfg, budget=TINY, progress=False).run()
     assert [r["timestamp"] for r in again] == [r["timestamp"] for r in rows]
-    lines = (cfg_results / "results.jsonl").read_text().splitlines()
+    lines = (results / "results.jsonl").read_text().splitlines()
     assert len(lines) == 3
 
+    # A fresh --out with the same results store: the store is output only, so everything is
+    # computed again (the teacher and PELA train), and the store's rows are replaced, not doubled.
+    calls = []
+    monkeypatch.undo()
+    counting_train(monkeypatch, calls)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pela_bench"):
+        fresh = SuiteRunner(cfg.with_(out=str(Path(cfg.out).parent / "runs2")), budget=TINY, progress=False).run()
+    assert calls == ["teacher deit_micro", "pela"]
+    assert sum("pre-training for" in m for m in caplog.messages) == 1
+    assert not [m for m in caplog.messages if "reus" in m]
+    assert [r["method"] for r in fresh] == ["dense", "svd", "pela"]
+    assert all(a["config_hash"] != b["config_hash"] for a, b in zip(fresh, rows))  # new stages (new data root)
+    stored = ResultStore(results / "results.jsonl").rows()
+    assert len(stored) == 3 and {r["config_hash"] for r in stored} == {r["config_hash"] for r in fresh}
 
-def test_killed_run_resumes_at_the_unfinished_stage(cfg, monkeypatch):
+
+def test_killed_run_resumes_at_the_unfinished_stage_from_its_checkpoint(cfg, monkeypatch, caplog, tmp_path):
+    cfg = cfg.with_(checkpoint_steps=1)
     real_train = runner_mod.train
     calls = []
 
     def dying_train(*a, **k):
         calls.append(k.get("desc"))
         if k.get("desc") == "pela":
-            raise KeyboardInterrupt  # the user's Ctrl-C in the middle of PELA's pre-training
+            on_step = k["on_step"]
+
+            def ctrl_c_at_step_1(progress):  # the user's Ctrl-C in the middle of PELA's pre-training
+                if progress > 0:
+                    raise KeyboardInterrupt
+                on_step(progress)
+
+            k = {**k, "on_step": ctrl_c_at_step_1}
         return real_train(*a, **k)
 
     monkeypatch.setattr(runner_mod, "train", dying_train)
     with pytest.raises(KeyboardInterrupt):
         SuiteRunner(cfg, budget=TINY, progress=False).run()
-    store = __import__("pathlib").Path(cfg.results) / "results.jsonl"
-    assert [json.loads(l)["method"] for l in store.read_text().splitlines()] == ["dense", "svd"]
+    store = Path(cfg.results) / "results.jsonl"
+    assert [json.loads(ln)["method"] for ln in store.read_text().splitlines()] == ["dense", "svd"]
+    (pela_dir,) = (Path(cfg.out) / "students" / "deit_micro").glob("pela-*")
+    assert (pela_dir / "checkpoint.pt").is_file() and not (pela_dir / MARKER).exists()
 
     calls.clear()
     monkeypatch.setattr(runner_mod, "train", lambda *a, **k: (calls.append(k.get("desc")), real_train(*a, **k))[1])
-    rows = SuiteRunner(cfg, budget=TINY, progress=False).run()
+    with caplog.at_level(logging.INFO, logger="pela_bench"):
+        rows = SuiteRunner(cfg, budget=TINY, progress=False).run()
     assert calls == ["pela"]  # the teacher was reused, dense and svd rows kept
+    assert "pela: resuming from step 1 of 2" in caplog.text
     assert [r["method"] for r in rows] == ["dense", "svd", "pela"]
     assert len(store.read_text().splitlines()) == 3
+    assert (pela_dir / MARKER).is_file() and not (pela_dir / "checkpoint.pt").exists()
+
+    # The resumed student is the one an uninterrupted run trains, to the last bit.
+    whole = cfg.with_(methods=("pela",), out=str(tmp_path / "whole"), results=str(tmp_path / "whole-results"))
+    (row,) = SuiteRunner(whole, budget=TINY, progress=False).run()
+    (whole_dir,) = (tmp_path / "whole" / "students" / "deit_micro").glob("pela-*")
+    resumed = torch.load(pela_dir / "model.pt", weights_only=True)
+    uninterrupted = torch.load(whole_dir / "model.pt", weights_only=True)
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+    assert row["loss_terms"] == rows[2]["loss_terms"] and row["metrics"] == rows[2]["metrics"]
 
 
 def test_changed_option_reruns_only_that_method(cfg, monkeypatch):
     SuiteRunner(cfg.with_(methods=("pela",)), budget=TINY, progress=False).run()
     calls = []
-    real_train = runner_mod.train
-    monkeypatch.setattr(runner_mod, "train", lambda *a, **k: (calls.append(k.get("desc")), real_train(*a, **k))[1])
+    counting_train(monkeypatch, calls)
     rows = SuiteRunner(cfg.with_(methods=("pela",), method_options={"alpha": 0.5}), budget=TINY, progress=False).run()
     assert calls == ["pela"] and rows[0]["config"]["method"]["alpha"] == 0.5
+    assert rows[0]["options"] == "alpha=0.5"
+    stored = {r["options"] for r in ResultStore(Path(cfg.results) / "results.jsonl").rows()}
+    assert stored == {"", "alpha=0.5"}  # two rows: the options are part of a row's key
 
 
-def test_a_row_does_not_depend_on_which_other_methods_ran(tmp_path):
+def test_a_row_does_not_depend_on_which_other_methods_ran(tmp_path, monkeypatch):
     def lora_row(methods, sub):
-        cfg = SuiteConfig(methods=methods, out=str(tmp_path / "runs"), results=str(tmp_path / sub))
+        cfg = SuiteConfig(methods=methods, out=str(tmp_path / "runs"), results=str(tmp_path / sub), budget="tiny")
         return [r for r in SuiteRunner(cfg, budget=TINY, progress=False).run() if r["method"] == "lora"][0]
 
     alone = lora_row(("lora",), "a")
-    import shutil
-
-    shutil.rmtree(tmp_path / "runs" / "students")  # force the student to train again
+    for kind in ("students", "rows"):  # force the student to train, and its row to be measured, again
+        shutil.rmtree(tmp_path / "runs" / kind)
+    calls = []
+    counting_train(monkeypatch, calls)
     after_others = lora_row(("svd", "pela", "lora"), "b")
+    assert calls == ["pela", "lora"]
     assert alone["loss_terms"] == after_others["loss_terms"]
     assert alone["metrics"] == after_others["metrics"]
 
@@ -115,35 +202,37 @@ def test_dense_rows_with_table9_batch_scaling_then_resume(tmp_path, monkeypatch)
     from tasks.segmentation import SegmentationTask
 
     cfg = SuiteConfig(methods=("pela", "dense", "tome", "lora"), tasks=("seg",), scale_batch=False,
-                      out=str(tmp_path / "runs"), results=str(tmp_path / "results"))
+                      out=str(tmp_path / "runs"), results=str(tmp_path / "results"), budget="tiny")
     first = {r["method"]: r for r in SuiteRunner(cfg, budget=TINY, progress=False).run()}
     assert set(first) == {"dense", "pela", "lora"}  # ToMe does not apply to dense tasks
-    assert all("train_peak_mb" not in r["dense"] for r in first.values())
+    assert all("train_peak_mb" not in r["finetune"] for r in first.values())
 
     # With --scale-batch the stored rows gain their training peak without a second fine-tune;
     # only PELA+ trains.
     fine_tunes = []
     real_run = SegmentationTask.run
 
-    def counting_run(self, *a, **k):
-        fine_tunes.append(k.get("train_batch"))
-        return real_run(self, *a, **k)
+    def counting_run(self, student, data, schedule, ctx):
+        fine_tunes.append(ctx.train_batch)
+        return real_run(self, student, data, schedule, ctx)
 
     monkeypatch.setattr(SegmentationTask, "run", counting_run)
 
     # Every peak is measured for real, but the search runs on a modelled one (16 B per parameter
     # + 300 kB per image): at these micro sizes one more image's activations outweigh what
     # factorising saves, so with real peaks no larger batch would ever fit.
-    real_measure = SuiteRunner._measure_train_peak
+    real_peak = scaling_mod.BatchScaling.peak
     measured = {}
 
-    def modelled_peak(self, task, result, batch):
-        n = count_parameters(result.model)
-        measured[n, batch] = real_measure(self, task, result, batch)["peak_bytes"]
+    def modelled_peak(self, method, task, student, data, schedule, batch):
+        n = count_params(student)
+        measured[n, batch] = real_peak(self, method, task, student, data, schedule, batch)["peak_bytes"]
         return {"peak_bytes": 16 * n + 300_000 * batch, "method": "modelled"}
 
-    monkeypatch.setattr(SuiteRunner, "_measure_train_peak", modelled_peak)
+    monkeypatch.setattr(scaling_mod.BatchScaling, "peak", modelled_peak)
     rows = SuiteRunner(cfg.with_(scale_batch=True), budget=TINY, progress=False).run()
+    with torch.device("meta"):
+        backbone_m = count_params(create_backbone("deit_micro")) / 1e6
     assert all(v > 0 for v in measured.values())
     n_pela = max(n for n, b in measured if b == 4)
     assert measured[n_pela, 4] > measured[n_pela, 2]  # activations grow with the batch
@@ -151,24 +240,26 @@ def test_dense_rows_with_table9_batch_scaling_then_resume(tmp_path, monkeypatch)
     # dense first: it is the memory reference. LoRA's model is larger than the dense one, so no
     # larger batch fits and it gets no '+' row (it would only repeat its plain row).
     assert list(by) == ["dense", "pela", "pela+", "lora"]
-    assert by["lora"]["dense"]["train_peak_mb"] > by["dense"]["dense"]["train_peak_mb"]
+    assert by["lora"]["finetune"]["train_peak_mb"] > by["dense"]["finetune"]["train_peak_mb"]
     assert fine_tunes == [4]  # the largest batch within the dense model's peak, capped at twice the schedule's
     for name in ("dense", "pela", "lora"):
         assert by[name]["metrics"] == first[name]["metrics"] and by[name]["timestamp"] == first[name]["timestamp"]
     for r in rows:
         assert r["task"] == "seg" and r["provenance"] == "synthetic" and r["primary_metric"] == "mIoU"
         assert 0 <= r["metrics"]["mIoU"] <= 100
-        assert r["efficiency"]["params_m"] > 1 and r["efficiency"]["gflops"] > 0  # backbone + neck + heads
-        assert r["dense"]["train_peak_mb"] > 0 and r["dense"]["input_size"] == 64
+        assert r["efficiency"]["params_m"] > 2 * backbone_m and r["efficiency"]["gflops"] > 0  # + neck + heads
+        assert r["finetune"]["train_peak_mb"] > 0 and r["efficiency"]["input_size"] == 64
+        assert ["finetune.train_batch", "train batch", "{}"] in r["columns"]
     # PELA's backbone is smaller by exactly what factorisation removed; the heads are the same.
     assert by["pela"]["efficiency"]["params_m"] < by["dense"]["efficiency"]["params_m"]
-    plus = by["pela+"]["dense"]
+    plus = by["pela+"]["finetune"]
     assert plus["train_batch"] == fine_tunes[0] and plus["train_peak_mb"] <= plus["reference_peak_mb"]
-    assert plus["reference_peak_mb"] == pytest.approx(by["dense"]["dense"]["train_peak_mb"])
+    assert plus["reference_peak_mb"] == pytest.approx(by["dense"]["finetune"]["train_peak_mb"])
+    assert by["pela"]["finetune"]["train_batch"] == 2
     board = (tmp_path / "results" / "leaderboard.md").read_text()
-    assert "mIoU (%)" in board and "| pela+ |" in board
+    assert "mIoU (%)" in board and "| pela+ |" in board and "train batch" in board
     stored = {r["method"]: r for r in ResultStore(tmp_path / "results" / "results.jsonl").rows()}
-    assert "train_peak_mb" in stored["pela"]["dense"]
+    assert "train_peak_mb" in stored["pela"]["finetune"]
 
     def no_fine_tune(*a, **k):
         raise AssertionError("a finished dense row ran again")
@@ -181,24 +272,25 @@ def test_dense_rows_with_table9_batch_scaling_then_resume(tmp_path, monkeypatch)
 def test_real_task_data_after_synthetic_pretraining_is_a_synthetic_row_and_resumes(tmp_path, monkeypatch):
     """A row is real only if all its data is; it is found again under that label, and other
     tasks' schedules do not enter its config hash."""
-    from dataclasses import replace
-
+    from tasks.detection import DetectionTask
     from tasks.segmentation import SegmentationTask
     from tasks.synthetic import MARKER_FILE, dense_world, write_segmentation
 
     ade = write_segmentation(tmp_path / "ade", n_train=4, n_val=2, world=dense_world(64), progress=False)
     (ade / MARKER_FILE).unlink()  # now read as real ADE20K (mmseg's class list)
-    cfg = SuiteConfig(methods=("dense",), tasks=("seg",), seg_root=str(ade), out=str(tmp_path / "runs"),
-                      results=str(tmp_path / "results"))
+    cfg = SuiteConfig(methods=("dense",), tasks=("seg",), data={"seg": str(ade)}, out=str(tmp_path / "runs"),
+                      results=str(tmp_path / "results"), budget="tiny")
     (row,) = SuiteRunner(cfg, budget=TINY, progress=False).run()
     assert row["provenance"] == "synthetic"  # the teacher learnt on the synthetic world
+    assert row["data"] == f"real:{ade}"
 
     def no_fine_tune(*a, **k):
         raise AssertionError("a finished dense row ran again")
 
     monkeypatch.setattr(SegmentationTask, "run", no_fine_tune)
-    longer_det = replace(TINY, det=replace(TINY.det, length=5))
-    (again,) = SuiteRunner(cfg, budget=longer_det, progress=False).run()
+    longer_det = replace(DetectionTask.schedules["tiny"], length=5)
+    monkeypatch.setattr(DetectionTask, "schedules", {**DetectionTask.schedules, "tiny": longer_det})
+    (again,) = SuiteRunner(cfg, budget=TINY, progress=False).run()
     assert again["timestamp"] == row["timestamp"]
 
 
@@ -214,7 +306,26 @@ def test_bad_dense_data_stops_the_run_before_the_teacher_trains(tmp_path, monkey
         raise AssertionError("the teacher trained before the data was checked")
 
     monkeypatch.setattr(runner_mod, "train", no_training)
-    cfg = SuiteConfig(methods=("dense",), tasks=("seg",), seg_root=str(ade), out=str(tmp_path / "runs"),
-                      results=str(tmp_path / "results"))
+    cfg = SuiteConfig(methods=("dense",), tasks=("seg",), data={"seg": str(ade)}, out=str(tmp_path / "runs"),
+                      results=str(tmp_path / "results"), budget="tiny")
     with pytest.raises(PelaBenchError, match=victim.name):
+        SuiteRunner(cfg, budget=TINY, progress=False).run()
+    assert not (tmp_path / "runs" / "teachers").exists()
+
+
+def test_check_data_reads_every_image_before_the_teacher_trains(tmp_path, monkeypatch):
+    from common.errors import PelaBenchError
+    from tasks.synthetic import write_classification
+
+    data = write_classification(tmp_path / "data", n_train=32, n_val=16, progress=False)
+    victim = sorted((data / "val").rglob("*.png"))[-1]  # a validation image: training would not read it first
+    victim.write_bytes(b"\x89PNG truncated")
+
+    def no_training(*a, **k):
+        raise AssertionError("the teacher trained before the data was checked")
+
+    monkeypatch.setattr(runner_mod, "train", no_training)
+    cfg = SuiteConfig(methods=("dense",), data={"cls": str(data)}, check_data=True, out=str(tmp_path / "runs"),
+                      results=str(tmp_path / "results"), budget="tiny")
+    with pytest.raises(PelaBenchError, match=f"cannot read image .*{victim.name}"):
         SuiteRunner(cfg, budget=TINY, progress=False).run()
