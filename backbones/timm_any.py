@@ -36,6 +36,11 @@ def create_timm_backbone(name: str, pretrained: bool = False, **overrides):
         model = timm.create_model(model_name, pretrained=pretrained, **overrides)
     except TypeError as exc:  # an override the model's constructor does not take
         raise PelaBenchError(f"timm model {model_name!r} rejects the settings {sorted(overrides)}: {exc}") from None
+    except (RuntimeError, OSError) as exc:
+        if not pretrained:
+            raise
+        raise PelaBenchError(f"cannot load timm's hub weights for {model_name!r} (no network, or no weights "
+                             f"published): {type(exc).__name__}: {exc}") from None
     if isinstance(model, SwinTransformer):
         return SwinBackbone(model, swin_info(name, model, model_name, DEFAULT_RATIO))
     is_vit_like = all(hasattr(model, a) for a in ("blocks", "patch_embed", "embed_dim", "forward_intermediates"))

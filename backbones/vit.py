@@ -121,7 +121,8 @@ def vit_info(name: str, model: nn.Module, hub_name: str | None, paper_ratio: flo
         attention_scores=plain and _has_fused_qkv(model),
         # ToMe rewrites timm's standard ViT blocks; other ViT-like classes keep their own forward.
         token_merging=plain,
-        masking="drop" if plain else None,
+        # Attentive masking reads the class token's attention: no class token, no "drop" masking.
+        masking="drop" if plain and getattr(model, "cls_token", None) is not None else None,
     )
 
 

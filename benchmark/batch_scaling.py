@@ -16,13 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmark.config import REFERENCE_METHOD
 from benchmark.efficiency import measure_train_memory
 from common.seed import seed_everything
 from tasks import Task, TaskData
 
 log = logging.getLogger("pela_bench")
-
-REFERENCE_METHOD = "dense"
 
 
 class BatchScaling:

@@ -55,6 +55,8 @@ class Budget:
 
 
 LARGE_PARAMS = 10_000_000
+# The uncompressed model: Table 9's memory reference, and the first method with --scale-batch.
+REFERENCE_METHOD = "dense"
 
 
 BUDGET_PRESETS: dict[str, Budget] = {
@@ -140,6 +142,27 @@ def config_hash(payload: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def resolve_device(name: str) -> "torch.device":
+    """`--device` as a torch device; a device that does not exist here is a one-line error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PelaBenchError(f"--device {name!r}: use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise PelaBenchError(f"--device {name}: no CUDA device is visible")
+        if device.index is not None and device.index >= n:
+            raise PelaBenchError(f"--device {name}: only {n} CUDA device(s) visible")
+    elif device.type != "cpu":
+        raise PelaBenchError(f"--device {name!r}: use auto, cpu or cuda[:N]")
+    return device
+
+
 def method_options_for(name: str, cfg: SuiteConfig) -> dict[str, Any]:
     """The `--set` options (and `--ratio`) that method `name` takes.
 
@@ -200,10 +223,14 @@ def validate(cfg: SuiteConfig) -> None:
             raise PelaBenchError(f"--data {key}={root}: task {name!r} is neither run nor the pre-training task "
                                  f"({', '.join(sorted(known_data))})")
         create_task(name).check_root(Path(root))
-    if cfg.scale_batch and "dense" not in cfg.methods:
-        raise PelaBenchError("--scale-batch compares against the uncompressed model's memory: include 'dense' in --methods")
+    if cfg.scale_batch and REFERENCE_METHOD not in cfg.methods:
+        raise PelaBenchError(f"--scale-batch compares against the uncompressed model's memory: include "
+                             f"'{REFERENCE_METHOD}' in --methods")
     if cfg.scale_batch and not any(t.fine_tunes for t in tasks):
-        raise PelaBenchError("--scale-batch applies to tasks that fine-tune (seg, det): add one to --tasks")
+        from tasks import list_tasks
+
+        tuning = [n for n in list_tasks() if create_task(n).fine_tunes]
+        raise PelaBenchError(f"--scale-batch applies to tasks that fine-tune ({', '.join(tuning)}): add one to --tasks")
     for task in tasks:
         reasons = [m.unsupported(task.needs) for m in methods]
         if all(reasons):
@@ -211,8 +238,7 @@ def validate(cfg: SuiteConfig) -> None:
                                  f"({'; '.join(f'{m.name}: {r}' for m, r in zip(methods, reasons))})")
     if cfg.teacher_weights not in (None, "hub") and not Path(cfg.teacher_weights).is_file():
         raise PelaBenchError(f"--teacher-weights {cfg.teacher_weights} does not exist")
-    if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
-        raise PelaBenchError(f"--device {cfg.device!r}: use auto, cpu or cuda[:N]")
+    resolve_device(cfg.device)
     if cfg.seed < 0:
         raise PelaBenchError(f"--seed must be >= 0, got {cfg.seed}")
     if cfg.checkpoint_minutes < 0 or cfg.checkpoint_steps < 0:

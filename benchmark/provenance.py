@@ -10,17 +10,22 @@ from pathlib import Path
 from typing import Any
 
 _REPO = Path(__file__).resolve().parent.parent
+# What decides a row's numbers; `results/` (which every run rewrites) does not make the code dirty.
+_SOURCE = ("backbones", "benchmark", "common", "methods", "tasks", "tools", "pyproject.toml")
 
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> dict[str, Any]:
-    """The git commit of this checkout and whether its tracked files differ from it, else the package version."""
+    """The git commit of this checkout and whether its source differs from it, else the package version."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=_REPO, capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=_REPO,
-                                capture_output=True, text=True, timeout=10, check=True).stdout
-        return {"commit": commit, "dirty": bool(status.strip())}
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != _REPO:
+            raise OSError("installed inside another repository")
+        status = git("status", "--porcelain", "--untracked-files=no", "--", *_SOURCE)
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status)}
     except (OSError, subprocess.SubprocessError):
         from importlib.metadata import PackageNotFoundError, version
 
@@ -48,10 +53,12 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine() -> dict[str, Any]:
+def machine(device: Any = "cpu") -> dict[str, Any]:
+    """The CPU, the threads torch computes with, and the GPU of `device` (None on a CPU run)."""
     import torch
 
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    device = torch.device(device)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "gpu": gpu,
             "platform": platform.platform()}
 

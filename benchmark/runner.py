@@ -9,6 +9,7 @@ knows no task, method or backbone by name: it asks their contracts.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -21,8 +22,9 @@ import torch
 from torch import nn
 
 from backbones import Backbone, create_backbone
-from benchmark.batch_scaling import REFERENCE_METHOD, BatchScaling
-from benchmark.config import Budget, Schedule, SuiteConfig, method_options_for, validate
+from benchmark.batch_scaling import BatchScaling
+from benchmark.config import (REFERENCE_METHOD, Budget, Schedule, SuiteConfig, method_options_for, resolve_device,
+                              validate)
 from benchmark.efficiency import measure_all
 from benchmark.provenance import code_version, machine, versions
 from benchmark.stages import Stage, StageCache
@@ -30,7 +32,7 @@ from benchmark.store import ResultStore
 from benchmark.tables import write_leaderboard
 from benchmark.trainer import Checkpointing, OptimConfig, train
 from common.errors import PelaBenchError
-from common.io import atomic_save_torch
+from common.io import atomic_save_torch, atomic_write_text
 from common.params import count_params
 from common.seed import seed_everything
 from methods import Method, create_method
@@ -52,14 +54,6 @@ class StudentResult:
 def _optim(s: Schedule) -> OptimConfig:
     return OptimConfig(epochs=s.epochs, lr=s.lr, weight_decay=s.weight_decay,
                        warmup_epochs=s.warmup_epochs, clip_grad=s.clip_grad)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PelaBenchError(f"--device {name}: no CUDA device is visible")
-    return torch.device(name)
 
 
 class SuiteRunner:
@@ -116,8 +110,11 @@ class SuiteRunner:
         return data
 
     def data_id(self, task: Task) -> str:
+        """What a stage's hash records of its data: the synthetic world's own hash, or the user's resolved path."""
         data = self.data(task)
-        return f"{data.provenance}:{data.root}"
+        if task.name not in self.data_roots:
+            return f"synthetic:{Path(data.root).name}"
+        return f"{data.provenance}:{Path(data.root).resolve()}"
 
     def provenance(self, task: Task) -> str:
         """A row is real only if all the data behind it (pre-training and task) is real."""
@@ -153,6 +150,7 @@ class SuiteRunner:
             spec["weights_stamp"] = [stat.st_size, stat.st_mtime_ns]
         stage = self.cache.stage("teachers", cfg.backbone.replace(":", "_"), spec)
         if cfg.teacher_weights is not None:
+            seed_everything(cfg.seed)  # a new classifier on pretrained weights is drawn from the global RNG
             model = create_backbone(cfg.backbone, weights=cfg.teacher_weights, **overrides)
         else:
             def fit(folder: Path) -> dict[str, Any]:
@@ -164,12 +162,12 @@ class SuiteRunner:
                 history = self._train(model, lambda b: {"loss": objective.loss(objective.forward(model, b), b)},
                                       sched, folder, f"teacher {cfg.backbone}")
                 atomic_save_torch(model.state_dict(), folder / "model.pt")
-                (folder / CHECKPOINT).unlink(missing_ok=True)
                 return {"history": history, "seconds": time.time() - start}
 
             if stage.done() is not None:
                 log.info("teacher: reusing %s", stage.dir)
             self.cache.run(stage, fit)
+            (stage.dir / CHECKPOINT).unlink(missing_ok=True)  # only once the stage is marked finished
             model = create_backbone(cfg.backbone, weights=stage.dir / "model.pt", **overrides)
         model = model.to(self.device).eval()
         for p in model.parameters():
@@ -193,7 +191,7 @@ class SuiteRunner:
         seed_everything(self.cfg.seed)
         student = method.build_student(teacher)
         if not method.trains:
-            return StudentResult(student, stage.hash, {}, 0.0)
+            return StudentResult(student.eval(), stage.hash, {}, 0.0)
         sched = self.budget.pretrain_for(self.backbone_params)
         trained: list[nn.Module] = []
 
@@ -208,20 +206,20 @@ class SuiteRunner:
             method.on_step(model, 1.0)
             model = method.finalize(model)
             atomic_save_torch(model.state_dict(), folder / "model.pt")
-            (folder / CHECKPOINT).unlink(missing_ok=True)
             trained.append(model)
             return {"history": history, "loss_terms": history[-1], "seconds": time.time() - start}
 
         if stage.done() is not None:
             log.info("%s: reusing pre-trained student %s", method.name, stage.dir)
         report = self.cache.run(stage, fit)
+        (stage.dir / CHECKPOINT).unlink(missing_ok=True)
         if trained:
             model = trained[0]
         else:
             method.on_step(student, 1.0)
             model = method.finalize(student)
             model.load_state_dict(torch.load(stage.dir / "model.pt", map_location="cpu", weights_only=True))
-        return StudentResult(model.to(self.device), stage.hash, report["loss_terms"], report["seconds"])
+        return StudentResult(model.to(self.device).eval(), stage.hash, report["loss_terms"], report["seconds"])
 
     # -- stages 4 and 5: each task's row, measured ------------------------------------------------
     def variants(self, method: Method, task: Task) -> list[str]:
@@ -269,7 +267,14 @@ class SuiteRunner:
         cfg, data = self.cfg, self.data(task)
         batch, memory = None, None
         if variant == "+":
-            batch, memory = self.scaling.largest_batch(method.name, task, result.model, data, schedule)
+            # The batch a resumed fine-tune was started with, not a second measurement near the limit.
+            chosen = stage.dir / "train_batch.json"
+            if chosen.is_file():
+                batch = json.loads(chosen.read_text())["train_batch"]
+                memory = self.scaling.peak(method.name, task, result.model, data, schedule, batch)
+            else:
+                batch, memory = self.scaling.largest_batch(method.name, task, result.model, data, schedule)
+                atomic_write_text(chosen, json.dumps({"train_batch": batch}))
             if batch == schedule.batch_size:
                 return None
         elif cfg.scale_batch and task.fine_tunes:
@@ -312,7 +317,7 @@ class SuiteRunner:
             "data": self.data_id(task),
             "versions": versions(),
             "code": code_version(),
-            "machine": machine(),
+            "machine": machine(self.device),
             "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config_hash": stage.hash,
             "config": {"suite": cfg.to_dict(), "method": method.describe(), "budget": asdict(self.budget),

@@ -9,6 +9,7 @@ left inside it.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 from dataclasses import dataclass
@@ -58,8 +59,16 @@ class StageCache:
             log.debug("%s %s: reusing %s", stage.kind, stage.name, stage.dir)
             return report
         stage.dir.mkdir(parents=True, exist_ok=True)
-        report = compute(stage.dir)
-        self.update(stage, report)
+        # Jobs sharing one --out take turns on a stage: the second finds it finished, never half done.
+        with open(stage.dir.with_name(stage.dir.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                report = stage.done()
+                if report is None:
+                    report = compute(stage.dir)
+                    self.update(stage, report)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
         return report
 
     def update(self, stage: Stage, report: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""The results store: one JSON line per backbone x method (with its options) x task x seed x provenance.
+"""The results store: one JSON line per backbone x method (with its options) x task x seed x provenance x budget.
 
 A row is replaced, never duplicated, when its stage runs again. Every write
 happens under an exclusive lock on a sibling ``.lock`` file and rewrites the file
@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator
 from common.errors import PelaBenchError
 from common.io import atomic_write_text
 
-ROW_KEY_FIELDS = ("backbone", "method", "options", "task", "seed", "provenance")
+ROW_KEY_FIELDS = ("backbone", "method", "options", "task", "seed", "provenance", "budget")
 
 
 def row_id(row: dict[str, Any]) -> str:

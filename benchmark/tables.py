@@ -18,8 +18,6 @@ from common.io import atomic_write_bytes, atomic_write_text
 LEAD_COLUMNS: list[tuple[str, str, str]] = [
     ("method", "method", "{}"),
     ("options", "options", "{}"),
-    ("ablation.fd", "L_fd", "{}"),
-    ("ablation.rwp", "L_rwp", "{}"),
 ]
 EFFICIENCY_COLUMNS: list[tuple[str, str, str]] = [
     ("efficiency.params_m", "params (M)", "{:.3f}"),
@@ -89,9 +87,13 @@ def _section(rows: list[dict[str, Any]], primary: str, current_code: dict[str, A
     sign = 1 if rows[0].get("higher_is_better", True) else -1
     ranked = sorted(rows, key=lambda r: -sign * (_get(r, f"metrics.{primary}") if _get(r, f"metrics.{primary}")
                                                    is not None else -sign * float("inf")))
-    candidates = LEAD_COLUMNS + _task_columns(rows) + EFFICIENCY_COLUMNS
+    # A method's own flags (PELA: which loss terms are on), as it declares them in `table_fields`.
+    flags = list(dict.fromkeys(k for r in rows for k in (r.get("ablation") or {})))
+    flag_columns = [(f"ablation.{k}", f"L_{k}", "{}") for k in flags]
+    task_columns = _task_columns(rows)
+    candidates = LEAD_COLUMNS + flag_columns + task_columns + EFFICIENCY_COLUMNS
     always = {"method", "efficiency.params_m", "efficiency.gflops", "efficiency.latency_ms_per_img",
-              "efficiency.peak_mem_mb", "pretrain_seconds"}
+              "efficiency.peak_mem_mb", "pretrain_seconds", *(c[0] for c in task_columns if c[0].startswith("metrics."))}
     cols = [c for c in candidates if c[0] in always or any(_get(r, c[0]) not in (None, "", {}, 0, 0.0) for r in rows)]
     header = "| rank | " + " | ".join(h for _, h, _ in cols) + " |"
     lines = [header, "|" + "---|" * (len(cols) + 1)]
@@ -112,7 +114,8 @@ def render_markdown(rows: list[dict[str, Any]], current_code: dict[str, Any] | N
             "(a fresh machine has moved rows by up to a point at the smoke budget).", ""]
     if any(_stale(r, current_code) for r in rows):
         out += [f"{STALE_MARK} produced by another code version than this checkout's "
-                f"({code_label(current_code)}); run the suite again to refresh it.", ""]
+                f"({code_label(current_code)}); delete the row's folder under `<out>/rows/` and run the suite "
+                "again to recompute it.", ""]
     for provenance in ("real", "synthetic"):
         prov_rows = [r for r in rows if r.get("provenance") == provenance]
         if not prov_rows:

@@ -122,22 +122,22 @@ class EpochSampler(Sampler):
         return self.n - self.start
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state(device: torch.device) -> dict[str, Any]:
     np_state = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":  # the training device's generator only: other GPUs are not this run's
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy(), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def train(
@@ -196,7 +196,7 @@ def train(
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step, history, sums, seen = state["step"], state["history"], state["sums"], state["seen"]
-        _set_rng_state(state["rng"])
+        _set_rng_state(state["rng"], device)
         if checkpoint.extra_state is not None:
             checkpoint.extra_state[1](state["extra"])
         log.info("%s: resuming from step %d of %d (%s)", desc, step, total, checkpoint.path)
@@ -205,7 +205,7 @@ def train(
         atomic_save_torch({
             "total": total, "step": step, "history": history, "sums": sums, "seen": seen,
             "modules": [m.state_dict() for m in modules], "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "rng": _rng_state(),
+            "scheduler": sched.state_dict(), "rng": _rng_state(device),
             "extra": checkpoint.extra_state[0]() if checkpoint.extra_state is not None else {},
         }, checkpoint.path)
 

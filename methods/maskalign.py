@@ -66,12 +66,13 @@ class DynamicAlignment(nn.Module):
         return out
 
 
-def teacher_guided_keep(cls_scores: torch.Tensor, keep: int) -> torch.Tensor:
+def teacher_guided_keep(cls_scores: torch.Tensor, keep: int, prefix: int = 1) -> torch.Tensor:
     """Indices (B, keep) of the patches the class token attends to most, ascending.
 
-    `cls_scores`: (B, heads, N) pre-softmax scores of the class token over all tokens.
+    `cls_scores`: (B, heads, N) pre-softmax scores of the class token (token 0) over all
+    tokens, of which the first `prefix` are the class and register tokens.
     """
-    attn = cls_scores.softmax(dim=-1).mean(1)[:, 1:]  # over patches, heads averaged
+    attn = cls_scores.softmax(dim=-1).mean(1)[:, prefix:]  # over patches, heads averaged
     return attn.topk(keep, dim=-1).indices.sort(dim=-1).values
 
 
@@ -176,7 +177,7 @@ class MaskAlign(Method):
         prefix = teacher.num_prefix_tokens
         n_patches = t_tokens[-1].shape[1] - prefix
         keep = max(1, round(n_patches * (1 - self.options.mask_ratio)))
-        keep_idx = teacher_guided_keep(scores[-1][:, :, 0, :], keep)
+        keep_idx = teacher_guided_keep(scores[-1][:, :, 0, :], keep, prefix)
         visible = torch.cat([torch.arange(prefix, device=keep_idx.device).expand(len(images), -1), keep_idx + prefix],
                             dim=1)
         targets = [

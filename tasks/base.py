@@ -187,6 +187,8 @@ def register_task(cls: type[Task]) -> type[Task]:
         raise ValueError(f"{cls.__name__} has no task name")
     if not cls.metrics or cls.primary_metric not in {m.name for m in cls.metrics}:
         raise ValueError(f"task {cls.name!r}: primary_metric {cls.primary_metric!r} is not one of its metrics")
+    # Only the class's own aliases: a task derived from another must not claim its parent's.
+    cls.aliases = tuple(cls.__dict__.get("aliases", ()))
     for key in (cls.name, *cls.aliases):
         owner = _TASKS.get(key) or _TASKS.get(_ALIASES.get(key, ""))
         if owner is not None and owner is not cls:

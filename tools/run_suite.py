@@ -43,6 +43,8 @@ def _pairs(pairs: list[str], flag: str, parse_json: bool) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise PelaBenchError(f"{flag} {pair!r}: expected KEY=VALUE")
+        if key in out:
+            raise PelaBenchError(f"{flag} {key} is given twice")
         if parse_json:
             try:
                 value = json.loads(value)
@@ -65,8 +67,11 @@ def import_plugin(spec: str) -> None:
             module_spec.loader.exec_module(module)
         else:
             importlib.import_module(spec)
-    except ModuleNotFoundError as exc:
-        raise PelaBenchError(f"--import {spec}: {exc}") from None
+    except PelaBenchError:
+        raise
+    except Exception as exc:  # the plugin's own error: name the plugin, keep the trace in the debug log
+        log.debug("--import %s failed", spec, exc_info=True)
+        raise PelaBenchError(f"--import {spec}: {type(exc).__name__}: {exc}") from None
 
 
 def default_methods(tasks: tuple[str, ...], every: tuple[str, ...]) -> tuple[str, ...]:
@@ -158,7 +163,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[SuiteConfig, bool]:
             data[task] = value
     from tasks import canonical_task_name
 
-    data = {canonical_task_name(k): v for k, v in data.items()}
+    by_task: dict[str, str] = {}
+    for key, value in data.items():
+        name = canonical_task_name(key)
+        if name in by_task and by_task[name] != value:
+            raise PelaBenchError(f"--data {key}={value} and --data {name}={by_task[name]} name the same task")
+        by_task[name] = value
+    data = by_task
     method_names = a.methods
     if method_names is None:
         method_names = applicable(a.backbone, default_methods(a.tasks, d.methods))

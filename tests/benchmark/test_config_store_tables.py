@@ -195,3 +195,18 @@ def test_provenance_records_code_machine_and_versions():
     m = machine()
     assert m["cpu"] and m["threads"] >= 1 and "gpu" in m
     assert {"python", "torch", "timm"} <= set(versions())
+
+
+def test_rows_of_different_budgets_live_side_by_side(tmp_path):
+    store = ResultStore(tmp_path / "r.jsonl")
+    store.put(_row("pela", 90.0))
+    store.put({**_row("pela", 10.0), "budget": "tiny"})  # a quick check must not replace the published row
+    assert sorted((r["budget"], r["metrics"]["top1"]) for r in store.rows()) == [("smoke", 90.0), ("tiny", 10.0)]
+
+
+def test_a_metric_column_stays_when_every_row_scores_zero():
+    rows = [{**_row(m, 0.0), "task": "det", "primary_metric": "AP_box", "metrics": {"AP_box": 0.0},
+             "columns": [["metrics.AP_box", "AP box", "{:.2f}"]], "ablation": {"fd": False}} for m in ("dense", "svd")]
+    md = render_markdown(rows)
+    assert "| AP box |" in md and "| 0.00 |" in md
+    assert "L_fd" not in md  # a flag no row sets is left out

@@ -88,3 +88,30 @@ def test_update_replaces_a_finished_report(tmp_path):
     never = Counter()
     assert cache.run(stage, never) == {"row": {"finetune": {"train_peak_mb": 3.0}}} and never.calls == []
     assert not list(stage.dir.glob("*.tmp")) and not list(stage.dir.glob(".*.tmp"))  # written atomically
+
+
+def _compute_in_process(root, log_path):
+    import time as _time
+
+    def compute(folder):
+        with open(log_path, "a") as log:
+            log.write("computed\n")
+        _time.sleep(0.5)
+        return {"ok": True}
+
+    cache = StageCache(root)
+    return cache.run(cache.stage("teachers", "t", {"a": 1}), compute)
+
+
+def test_two_processes_sharing_out_compute_a_stage_once(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    log_path = tmp_path / "calls.txt"
+    procs = [ctx.Process(target=_compute_in_process, args=(tmp_path / "out", log_path)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert log_path.read_text() == "computed\n"

@@ -1,9 +1,11 @@
 import io
 
+import pytest
 import torch
 
 import methods.maskalign
 from benchmark.config import SuiteConfig, validate
+from common.errors import PelaBenchError
 from common.params import count_params
 from methods import create_method
 from methods.maskalign import DynamicAlignment, random_cell_mask, teacher_guided_keep
@@ -139,3 +141,18 @@ def test_the_masks_come_from_the_method_generator_only(swin_teacher, make_batch,
     again = m.loss(student, swin_teacher, batch, objective)["align"]
     assert torch.equal(first, again)
     assert not torch.equal(m.loss(student, swin_teacher, batch, objective)["align"], first)
+
+
+def test_attentive_masking_skips_every_prefix_token():
+    scores = torch.tensor([[[0.0, 0.0, 5.0, 1.0, 4.0, 2.0]]])  # one head: a class token, one register, 4 patches
+    assert teacher_guided_keep(scores, 2, prefix=2).tolist() == [[0, 2]]
+
+
+def test_a_vit_without_a_class_token_declares_no_attentive_masking():
+    from backbones import create_backbone
+
+    with torch.device("meta"):
+        info = create_backbone("timm:vit_base_patch16_reg4_gap_256").info
+    assert info.masking is None
+    with pytest.raises(PelaBenchError, match="hide image patches"):
+        create_method("maskalign").check_backbone(info)

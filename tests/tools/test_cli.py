@@ -81,6 +81,10 @@ def cli(run_suite, monkeypatch, capsys):
         (["--checkpoint-steps", "-1"], "checkpoint intervals must be >= 0"),
         (["--import", "no_such_plugin_module"], "--import no_such_plugin_module: No module named"),
         (["--import", "/no/such/plugin.py"], "--import /no/such/plugin.py: no such file"),
+        (["--data", "cls=/tmp/a", "--data", "cls=/tmp/b"], "--data cls is given twice"),
+        (["--data", "classification=/tmp/a", "--data", "cls=/tmp/b"], "name the same task"),
+        (["--device", "cudax"], "--device 'cudax': use auto, cpu or cuda[:N]"),
+        (["--device", "tpu"], "--device 'tpu': use auto, cpu or cuda[:N]"),
     ],
 )
 def test_bad_input_is_one_line(cli, args, needle, tmp_path):
@@ -210,3 +214,11 @@ def test_default_methods_come_from_the_tasks_paper_tables(run_suite):
     assert run_suite.default_methods(("cls", "seg"), every) == every  # cls names no table: every method
     cfg, _ = run_suite.parse_args(["--tasks", "seg,det"])
     assert cfg.methods == seg
+
+
+def test_a_plugin_that_fails_on_import_is_one_line(cli, tmp_path):
+    plugin = tmp_path / "broken_plugin.py"
+    plugin.write_text("raise ValueError('bad registration')\n")
+    code, stderr = cli("--import", str(plugin), "--out", str(tmp_path / "o"), "--results", str(tmp_path / "r"))
+    assert code == 2
+    assert error_lines(stderr) == [f"error: --import {plugin}: ValueError: bad registration"]
