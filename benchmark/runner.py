@@ -280,8 +280,8 @@ class SuiteRunner:
         elif cfg.scale_batch and task.fine_tunes:
             memory = self.scaling.peak(method.name, task, result.model, data, schedule, schedule.batch_size)
         if task.fine_tunes:
-            log.info("%s%s / %s: fine-tuning (%s%s) in %s", method.name, variant, task.name,
-                     task.describe_schedule(schedule), f", batch {batch}" if batch else "", stage.dir)
+            log.info("%s%s / %s: fine-tuning (%s) in %s", method.name, variant, task.name,
+                     task.describe_schedule(schedule, batch), stage.dir)
         ctx = RunContext(self.device, cfg.seed, stage.dir / "work", self.workers, self.progress, batch)
         res = task.run(result.model, data, schedule, ctx)
         efficiency = measure_all(task.measured_module(res),

@@ -99,7 +99,9 @@ class SeededSamples(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> Any:
         epoch, index = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            # The CPU generator only (samples are made on the CPU): `torch.manual_seed` would also
+            # visit every accelerator backend, 70 times slower per sample.
+            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
             return self.dataset[index]
 
 

@@ -154,7 +154,8 @@ class Task:
         """The square side the model is measured at, shown in tables (None: not an image size)."""
         return None
 
-    def describe_schedule(self, schedule: Any) -> str:
+    def describe_schedule(self, schedule: Any, batch: int | None = None) -> str:
+        """The schedule in a few words for the log (`batch`: the one Table 9 chose instead of the schedule's)."""
         return ""
 
     def table_note(self, rows: list[dict[str, Any]]) -> str:

@@ -286,8 +286,8 @@ class MMTask(Task):
     def input_size(self, schedule: MMSchedule, data: TaskData) -> int:
         return schedule.input_size
 
-    def describe_schedule(self, s: MMSchedule) -> str:
-        return f"{s.length} {'epochs' if s.by_epoch else 'iterations'}, batch {s.batch_size}"
+    def describe_schedule(self, s: MMSchedule, batch: int | None = None) -> str:
+        return f"{s.length} {'epochs' if s.by_epoch else 'iterations'}, batch {batch or s.batch_size}"
 
     def run(self, student: nn.Module, data: TaskData, schedule: MMSchedule, ctx: RunContext) -> TaskResult:
         from mmengine.runner import set_random_seed
