@@ -60,7 +60,7 @@ class StageCache:
             return report
         stage.dir.mkdir(parents=True, exist_ok=True)
         # Jobs sharing one --out take turns on a stage: the second finds it finished, never half done.
-        with open(stage.dir.with_name(stage.dir.name + ".lock"), "a") as lock:
+        with open(stage.dir / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 report = stage.done()

@@ -79,7 +79,7 @@ def cli(run_suite, monkeypatch, capsys):
         (["--tasks", "seg", "--methods", "pela", "--scale-batch"], "include 'dense'"),
         (["--tasks", "cls", "--methods", "dense,pela", "--scale-batch"], "applies to tasks that fine-tune"),
         (["--checkpoint-steps", "-1"], "checkpoint intervals must be >= 0"),
-        (["--import", "no_such_plugin_module"], "--import no_such_plugin_module: No module named"),
+        (["--import", "no_such_plugin_module"], "--import no_such_plugin_module: ModuleNotFoundError: No module named"),
         (["--import", "/no/such/plugin.py"], "--import /no/such/plugin.py: no such file"),
         (["--data", "cls=/tmp/a", "--data", "cls=/tmp/b"], "--data cls is given twice"),
         (["--data", "classification=/tmp/a", "--data", "cls=/tmp/b"], "name the same task"),
