@@ -11,22 +11,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from tasks import Metric, RunContext, TaskData, TaskResult, register_task
-from tasks.classification import ClassificationSchedule, ClassificationTask
+from tasks.classification import ClassificationSchedule, ClassificationTask, DictSamples
 
 
-class FlippedSamples(Dataset):
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
+class FlippedSamples(DictSamples):
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image, label = self.dataset[index]
-        return {"image": image.flip(-2), "label": label}
+        sample = super().__getitem__(index)
+        return {**sample, "image": sample["image"].flip(-2)}
 
 
 @register_task
