@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 import subprocess
@@ -25,7 +26,11 @@ def code_version() -> dict[str, Any]:
         if Path(git("rev-parse", "--show-toplevel")).resolve() != _REPO:
             raise OSError("installed inside another repository")
         status = git("status", "--porcelain", "--untracked-files=no", "--", *_SOURCE)
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status)}
+        # The source as it is (committed trees plus any uncommitted diff): a commit that only adds
+        # results, or touches README or tests, keeps it, so published rows do not look stale.
+        source = git("ls-tree", "HEAD", "--", *_SOURCE) + git("diff", "HEAD", "--", *_SOURCE)
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status),
+                "source": hashlib.sha1(source.encode()).hexdigest()[:12]}
     except (OSError, subprocess.SubprocessError):
         from importlib.metadata import PackageNotFoundError, version
 
@@ -41,6 +46,15 @@ def code_label(v: dict[str, Any] | None) -> str:
     if "commit" in v:
         return v["commit"][:10] + ("+dirty" if v.get("dirty") else "")
     return f"v{v.get('package', '?')}"
+
+
+def same_code(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """Whether two code versions ran the same source (by its hash where both have one)."""
+    if not a or not b:
+        return False
+    if a.get("source") and b.get("source"):
+        return a["source"] == b["source"]
+    return code_label(a) == code_label(b)
 
 
 def _cpu_model() -> str:

@@ -10,7 +10,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from benchmark.provenance import code_label, code_version
+from benchmark.provenance import code_label, code_version, same_code
 from common.io import atomic_write_bytes, atomic_write_text
 
 # (row path, column header, format). Each row also carries its task's own columns
@@ -79,8 +79,7 @@ def _task_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
 def _stale(row: dict[str, Any], current: dict[str, Any] | None) -> bool:
     if current is None:
         return False
-    code = row.get("code")
-    return code is None or code_label(code) != code_label(current)
+    return not same_code(row.get("code"), current)
 
 
 def _section(rows: list[dict[str, Any]], primary: str, current_code: dict[str, Any] | None = None) -> list[str]:

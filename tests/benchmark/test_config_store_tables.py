@@ -210,3 +210,20 @@ def test_a_metric_column_stays_when_every_row_scores_zero():
     md = render_markdown(rows)
     assert "| AP box |" in md and "| 0.00 |" in md
     assert "L_fd" not in md  # a flag no row sets is left out
+
+
+def test_rows_are_stale_by_their_source_not_by_the_commit_that_published_them():
+    current = {"commit": "c" * 40, "dirty": False, "source": "s1"}
+    same_source = _row("pela", 80.0, code={"commit": "a" * 40, "dirty": False, "source": "s1"})
+    other_source = _row("svd", 40.0, code={"commit": "c" * 40, "dirty": True, "source": "s2"})
+    md = render_markdown([same_source, other_source], current_code=current)
+    assert "| 1 | pela |" in md and f"| 2 | svd {STALE_MARK} |" in md
+
+
+def test_code_version_hashes_the_source_and_ignores_results(tmp_path):
+    from benchmark.provenance import _SOURCE
+
+    v = code_version()
+    if "commit" not in v:
+        pytest.skip("not a git checkout")
+    assert len(v["source"]) == 12 and "results" not in _SOURCE and "README.md" not in _SOURCE
