@@ -11,9 +11,12 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.errors import PelaBenchError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,6 @@ from benchmark.stages import Stage, StageCache
 from benchmark.store import ResultStore
 from benchmark.tables import write_leaderboard
 from benchmark.trainer import Checkpointing, OptimConfig, train
-from common.errors import PelaBenchError
 from common.io import atomic_save_torch, atomic_write_text
 from common.params import count_params
 from common.seed import seed_everything
