@@ -129,18 +129,23 @@ def test_resumed_run_ends_with_the_uninterrupted_weights(uninterrupted, tmp_path
     assert any(not torch.equal(killed_state[k], reference[k]) for k in reference)  # the kill did stop it early
 
 
+def _train_until_killed(path, at_step: int, every: int) -> None:
+    """A run that checkpoints every `every` steps and is killed after `at_step` steps."""
+
+    def die(progress: float) -> None:
+        if round(progress * TOTAL) == at_step:
+            raise Killed
+
+    with pytest.raises(Killed):
+        Setup().train(on_step=die, checkpoint=Checkpointing(path, every_steps=every, every_seconds=0))
+
+
 def test_without_its_extra_state_a_resume_differs(uninterrupted, tmp_path, single_thread):
     """Guards the test above: the method's own random stream does shape the weights."""
     reference, _ = uninterrupted
     path = tmp_path / "ckpt.pt"
 
-    def die(progress: float) -> None:
-        if round(progress * TOTAL) == 7:
-            raise Killed
-
-    setup = Setup()
-    with pytest.raises(Killed):
-        setup.train(on_step=die, checkpoint=Checkpointing(path, every_steps=5, every_seconds=0))
+    _train_until_killed(path, at_step=7, every=5)
     resumed = Setup()
     resumed.gen.manual_seed(999)
     resumed.train(checkpoint=Checkpointing(path, every_steps=5, every_seconds=0))
@@ -170,13 +175,7 @@ def test_same_seed_same_weights_other_seed_other_weights(uninterrupted, single_t
 def test_checkpoint_of_another_run_is_refused(tmp_path, single_thread):
     path = tmp_path / "ckpt.pt"
 
-    def die(progress: float) -> None:
-        if round(progress * TOTAL) == 3:
-            raise Killed
-
-    setup = Setup()
-    with pytest.raises(Killed):
-        setup.train(on_step=die, checkpoint=Checkpointing(path, every_steps=2, every_seconds=0))
+    _train_until_killed(path, at_step=3, every=2)
     other = Setup()
     longer = OptimConfig(epochs=3, lr=1e-2)
     with pytest.raises(PelaBenchError, match="saved by a different run"):
