@@ -40,6 +40,7 @@ from tasks import RunContext, Task, TaskData, canonical_task_name, create_task
 log = logging.getLogger("pela_bench")
 
 CHECKPOINT = "checkpoint.pt"
+WORK_DIR = "work"  # a row's folder for the task's own files (`RunContext.work_dir`)
 
 
 @dataclass
@@ -246,6 +247,7 @@ class SuiteRunner:
         else:
             report = self.cache.run(stage, lambda folder: {"row": self._compute_row(
                 method, task, variant, student(), schedule, stage, teacher_hash)})
+        task.discard_resume_state(stage.dir / WORK_DIR)  # only once the stage is marked finished
         row = report["row"]
         if row is None:
             log.info("%s%s / %s: no larger batch fits the uncompressed model's %.0f MB; no '+' row",
@@ -281,7 +283,7 @@ class SuiteRunner:
         if task.fine_tunes:
             log.info("%s%s / %s: fine-tuning (%s) in %s", method.name, variant, task.name,
                      task.describe_schedule(schedule, batch), stage.dir)
-        ctx = RunContext(self.device, cfg.seed, stage.dir / "work", self.workers, self.progress, batch)
+        ctx = RunContext(self.device, cfg.seed, stage.dir / WORK_DIR, self.workers, self.progress, batch)
         res = task.run(result.model, data, schedule, ctx)
         efficiency = measure_all(task.measured_module(res),
                                  lambda n: task.example_inputs(data, schedule, res.model, n),

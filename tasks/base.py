@@ -136,6 +136,13 @@ class Task:
         """Fine-tune (if the task does) and evaluate one student; the metrics use `metrics`' names."""
         raise NotImplementedError
 
+    def discard_resume_state(self, work_dir: Path) -> None:
+        """Delete what `run` left in `work_dir` only to resume a killed fine-tune (keep the logs).
+
+        Called once the row is stored; a fine-tune's checkpoints carry optimiser state and
+        take gigabytes per row at real sizes.
+        """
+
     def example_inputs(self, data: TaskData, schedule: Any, model: nn.Module, batch_size: int
                        ) -> dict[str, torch.Tensor]:
         """Keyword inputs of `model`'s forward for the efficiency measurements (random values)."""

@@ -305,6 +305,11 @@ class MMTask(Task):
             details["cuda_fit_peak_mb"] = fit.peak_memory_bytes / 2**20
         return TaskResult(self.postprocess(fit.metrics, schedule), fit.model, fit.seconds, details)
 
+    def discard_resume_state(self, work_dir: Path) -> None:
+        # mmengine's CheckpointHook writes `*.pth` and a `last_checkpoint` pointer to them.
+        for path in [*Path(work_dir).glob("*.pth"), Path(work_dir) / "last_checkpoint"]:
+            path.unlink(missing_ok=True)
+
     def example_inputs(self, data: TaskData, schedule: MMSchedule, model: nn.Module, batch_size: int
                        ) -> dict[str, torch.Tensor]:
         size = schedule.input_size

@@ -206,6 +206,10 @@ def test_dense_rows_with_table9_batch_scaling_then_resume(tmp_path, monkeypatch)
     first = {r["method"]: r for r in SuiteRunner(cfg, budget=TINY, progress=False).run()}
     assert set(first) == {"dense", "pela", "lora"}  # ToMe does not apply to dense tasks
     assert all("train_peak_mb" not in r["finetune"] for r in first.values())
+    # A stored row keeps its fine-tune's logs but not the checkpoints that only a resume needed.
+    work_dirs = [Path(r["finetune"]["work_dir"]) for r in first.values()]
+    assert all(any(w.glob("*/*.log")) for w in work_dirs)
+    assert not [p for w in work_dirs for p in w.iterdir() if p.suffix == ".pth" or p.name == "last_checkpoint"]
 
     # With --scale-batch the stored rows gain their training peak without a second fine-tune;
     # only PELA+ trains.
