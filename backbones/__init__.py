@@ -1,6 +1,6 @@
 """Backbone registry: ``create_backbone(name, weights=None|"hub"|path, **overrides)``.
 
-Families live one per file (`vit.py`, `swin.py`) and register their presets with
+Families live one per file (`vit.py`, `swin.py`, `albef.py`) and register their presets with
 `@register_backbone`, as timm does with ``register_model``; ``timm:<model>`` builds
 any timm ViT-style or Swin model with metadata read from the model (`timm_any.py`).
 """
@@ -15,7 +15,7 @@ from backbones.timm_any import create_timm_backbone, is_timm_name
 from backbones.weights import load_into, read_state_dict
 
 # Import the families so their presets register themselves.
-from backbones import swin, vit  # noqa: E402,F401
+from backbones import albef, swin, vit  # noqa: E402,F401
 
 
 def create_backbone(name: str, weights: str | Path | None = None, **overrides) -> Backbone:

@@ -39,6 +39,7 @@ class BackboneInfo:
     # (fnmatch patterns over module names, matched against every dotted suffix).
     paper_ratio: float
     lowrank_omit: tuple[str, ...] = field(default_factory=tuple)
+    lowrank_min_out: int = 0  # linear layers with fewer outputs stay full-rank (ALBEF's ITM head)
     hub_name: str | None = None
     # The task whose objective trains the teacher and pre-trains every student.
     pretrain_task: str = "cls"
@@ -63,9 +64,11 @@ class Backbone(nn.Module):
     forward (and its fused kernels) runs unchanged.
     """
 
-    def __init__(self, model: nn.Module, info: BackboneInfo) -> None:
+    def __init__(self, model: nn.Module | None, info: BackboneInfo) -> None:
+        """`model`: the one wrapped network, or None for a family built from several (ALBEF)."""
         super().__init__()
-        self.model = model
+        if model is not None:
+            self.model = model
         self.info = info
         # Created by `attach_pyramid` for dense prediction only, so classification models
         # (and their parameter counts) never carry it.
@@ -191,6 +194,10 @@ class Backbone(nn.Module):
         if self.pyramid_neck is None:
             raise PelaBenchError(f"{self.info.name}: forward_pyramid needs attach_pyramid() first (dense heads call it)")
         return list(self.pyramid_neck(self._pyramid_features(x)))
+
+    def adapt_state_dict(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A checkpoint in a foreign layout (an official release's names) in this model's names."""
+        return dict(state)
 
     def reset_classifier(self, num_classes: int) -> None:
         self.model.reset_classifier(num_classes)

@@ -50,6 +50,9 @@ def load_into(module: nn.Module, path: str | Path, *, strict: bool = True) -> No
     missing or unexpected keys are an error when `strict`.
     """
     state = read_state_dict(path)
+    adapt = getattr(module, "adapt_state_dict", None)
+    if adapt is not None:
+        state = adapt(state)
     target = module
     has_wrapper = hasattr(module, "model") and isinstance(getattr(module, "model"), nn.Module)
     if has_wrapper and not any(k.startswith(_WRAPPER_PREFIX) for k in state):

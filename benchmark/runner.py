@@ -31,6 +31,7 @@ from benchmark.stages import Stage, StageCache
 from benchmark.store import ResultStore
 from benchmark.tables import write_leaderboard
 from benchmark.trainer import Checkpointing, OptimConfig, train
+from common.errors import PelaBenchError
 from common.io import atomic_save_torch, atomic_write_text
 from common.params import count_params
 from common.seed import seed_everything
@@ -77,6 +78,9 @@ class SuiteRunner:
         self.tasks: dict[str, Task] = {}
         for name in cfg.tasks:
             task = create_task(name)
+            if not task.metrics:
+                raise PelaBenchError(f"task {task.name!r} only pre-trains backbones; it has no rows of its own")
+            task.check_backbone(self.info)
             self.tasks.setdefault(task.name, task)
         self.pretrain_task = create_task(self.info.pretrain_task)
         self.data_roots = {canonical_task_name(k): v for k, v in cfg.data.items()}
@@ -134,6 +138,20 @@ class SuiteRunner:
                         device=self.device, desc=desc, progress=self.progress, on_step=on_step,
                         checkpoint=self._checkpointing(folder, method))
         return history
+
+    def _fit(self, work_dir: Path) -> Callable[..., list[dict[str, float]]]:
+        """The trainer as a task's fine-tunes use it (`RunContext.fit`): resumable from `work_dir`."""
+
+        def fit(model: nn.Module, loss_fn: Callable, dataset: Any, *, epochs: float, lr: float, batch_size: int,
+                weight_decay: float, warmup_epochs: float, desc: str) -> list[dict[str, float]]:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            return train(model.parameters(), loss_fn, dataset,
+                         OptimConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs),
+                         batch_size=batch_size, seed=self.cfg.seed, workers=self.workers, modules=[model],
+                         device=self.device, desc=desc, progress=self.progress,
+                         checkpoint=self._checkpointing(work_dir))
+
+        return fit
 
     # -- stage 1: teacher ------------------------------------------------------------------
     def teacher(self) -> tuple[Backbone, str]:
@@ -247,7 +265,9 @@ class SuiteRunner:
         else:
             report = self.cache.run(stage, lambda folder: {"row": self._compute_row(
                 method, task, variant, student(), schedule, stage, teacher_hash)})
-        task.discard_resume_state(stage.dir / WORK_DIR)  # only once the stage is marked finished
+        # Only once the stage is marked finished: what was kept only to resume a killed fine-tune.
+        task.discard_resume_state(stage.dir / WORK_DIR)
+        (stage.dir / WORK_DIR / CHECKPOINT).unlink(missing_ok=True)
         row = report["row"]
         if row is None:
             log.info("%s%s / %s: no larger batch fits the uncompressed model's %.0f MB; no '+' row",
@@ -283,7 +303,9 @@ class SuiteRunner:
         if task.fine_tunes:
             log.info("%s%s / %s: fine-tuning (%s) in %s", method.name, variant, task.name,
                      task.describe_schedule(schedule, batch), stage.dir)
-        ctx = RunContext(self.device, cfg.seed, stage.dir / WORK_DIR, self.workers, self.progress, batch)
+        work_dir = stage.dir / WORK_DIR
+        ctx = RunContext(self.device, cfg.seed, work_dir, self.workers, self.progress, batch,
+                         fit=self._fit(work_dir))
         res = task.run(result.model, data, schedule, ctx)
         efficiency = measure_all(task.measured_module(res),
                                  lambda n: task.example_inputs(data, schedule, res.model, n),

@@ -116,9 +116,9 @@ class Method:
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A deep copy of `model` with gradients on (the student starts from the teacher)."""
     student = copy.deepcopy(model)
-    for p in student.parameters():
-        p.requires_grad_(True)
-    return student
+    # The module's own method, so a model with parameters that never train (ALBEF's
+    # momentum copies, updated by EMA) keeps them frozen.
+    return student.requires_grad_(True)
 
 
 _METHODS: dict[str, tuple[type[Method], dict[str, Any]]] = {}

@@ -123,6 +123,16 @@ def _preset(model: nn.Module, ratio: float | None, omit: Iterable[str] | None) -
     return float(ratio), tuple(omit)
 
 
+def eligible_linears(model: nn.Module, omit: Iterable[str]) -> list[tuple[str, nn.Linear]]:
+    """The dense linear layers a factorising method may replace: not matched by `omit`, and not
+    narrower than the backbone's ``info.lowrank_min_out`` outputs (ALBEF's 2-way ITM head)."""
+    info = getattr(model, "info", None)
+    min_out = getattr(info, "lowrank_min_out", 0)
+    omit = tuple(omit)
+    return [(name, mod) for name, mod in model.named_modules()
+            if type(mod) is nn.Linear and mod.out_features >= min_out and not matches_any(name, omit)]
+
+
 def factorize(model: nn.Module, ratio: float | None = None, omit: Iterable[str] | None = None,
               solver: SvdSolver = "gram") -> nn.Module:
     """Replace every eligible `nn.Linear` of `model` by a `LowRankLinear`, in place.
@@ -132,11 +142,7 @@ def factorize(model: nn.Module, ratio: float | None = None, omit: Iterable[str] 
     would not be smaller than the dense one are left dense. Returns `model`.
     """
     ratio, omit = _preset(model, ratio, omit)
-    targets = [
-        (name, mod) for name, mod in model.named_modules()
-        if type(mod) is nn.Linear and not matches_any(name, omit)
-    ]
-    for name, linear in targets:
+    for name, linear in eligible_linears(model, omit):
         rank = lowrank_rank(linear.in_features, linear.out_features, ratio)
         if rank * (linear.in_features + linear.out_features) >= linear.in_features * linear.out_features:
             continue

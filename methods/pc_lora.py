@@ -25,7 +25,7 @@ from torch import nn
 from common.errors import PelaBenchError
 from common.objective import Batch, Objective
 from methods.base import Method, MethodOptions, frozen_copy, register_method
-from methods.lowrank import LowRankLinear, _preset, lowrank_rank, matches_any
+from methods.lowrank import LowRankLinear, _preset, eligible_linears, lowrank_rank
 from methods.pela import feature_distillation, forward_with_features
 
 SCHEDULES = ("sine", "linear", "cosine")
@@ -116,8 +116,7 @@ class PCLoRA(Method):
         opts: PCLoRAOptions = self.options
         ratio, omit = _preset(teacher, opts.ratio, opts.keep_full_rank)
         student = frozen_copy(teacher)
-        targets = [(n, m) for n, m in student.named_modules() if type(m) is nn.Linear and not matches_any(n, omit)]
-        for name, linear in targets:
+        for name, linear in eligible_linears(student, omit):
             rank = opts.rank or lowrank_rank(linear.in_features, linear.out_features, ratio)
             rank = min(rank, linear.in_features, linear.out_features)
             parent, _, child = name.rpartition(".")

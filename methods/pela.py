@@ -66,15 +66,21 @@ def forward_with_features(student: nn.Module, teacher: nn.Module, batch: Batch, 
     """The student's output and hidden states, and the teacher's hidden states, on one batch."""
     with student.capture_features() as s_feats:
         output = base.forward(student, batch)
-    with torch.no_grad(), teacher.capture_features() as t_feats:
-        base.forward(teacher, batch)
+    with torch.no_grad():
+        t_feats = teacher.features(batch)
     return output, s_feats, t_feats
 
 
 def weight_perturbation(student: nn.Module, teacher: nn.Module, epsilon: float, form: str = "squared") -> torch.Tensor:
-    """Mean over factorised layers of the penalty on ``max |W_hat - W|``."""
+    """Mean over trained factorised layers of the penalty on ``max |W_hat - W|``.
+
+    Layers that do not train (ALBEF's momentum copies follow by EMA) carry no gradient,
+    so they are left out rather than diluting the mean.
+    """
     terms = []
     for name, layer in lowrank_modules(student).items():
+        if not layer.up.weight.requires_grad:
+            continue
         original = teacher.get_submodule(name).weight.detach()
         dist = (layer.recovered_weight() - original).abs().amax()
         terms.append((dist - epsilon) ** 2 if form == "squared" else dist - epsilon)

@@ -21,7 +21,7 @@ from tasks.base import (
 )
 
 # Import the task files so they register themselves.
-from tasks import classification, detection, segmentation  # noqa: E402,F401
+from tasks import classification, detection, retrieval, segmentation, vlp  # noqa: E402,F401
 
 __all__ = ["Column", "Metric", "PLANNED_TASKS", "RunContext", "Task", "TaskData", "TaskResult",
            "canonical_task_name", "create_task", "list_tasks", "register_task"]

@@ -64,6 +64,10 @@ class RunContext:
     workers: int = 1
     progress: bool = True
     train_batch: int | None = None  # None: the schedule's; set by Table 9's batch scaling
+    # The suite's trainer for tasks that fine-tune with it, checkpointing into `work_dir`:
+    # ``fit(model, loss_fn, dataset, *, epochs, lr, batch_size, weight_decay, warmup_epochs, desc)``
+    # returns per-epoch means of the loss terms (`benchmark.trainer.train`).
+    fit: Callable[..., list[dict[str, float]]] | None = None
 
 
 @dataclass
@@ -94,6 +98,9 @@ class Task:
     layout: ClassVar[str] = ""  # the on-disk format `--data NAME=DIR` expects, for messages
     # Keyword arguments for `benchmark.efficiency.measure_all` (e.g. count FLOPs on real tensors).
     measure_options: ClassVar[dict[str, Any]] = {}
+
+    def check_backbone(self, info: Any) -> None:
+        """Raise `PelaBenchError` if the task cannot run on a backbone (`BackboneInfo`), before any work."""
 
     # -- schedule and data -------------------------------------------------------------
     def schedule(self, budget: str) -> Any:
@@ -186,14 +193,15 @@ def check_files(paths: list[Path], desc: str, progress: bool = True) -> int:
 _TASKS: dict[str, type[Task]] = {}
 _ALIASES: dict[str, str] = {}
 # Named in the paper and planned; refused up front with that reason until they land.
-PLANNED_TASKS = ("retrieval", "vqa", "ve", "grounding")
+PLANNED_TASKS = ("vqa", "ve", "grounding")
 
 
 def register_task(cls: type[Task]) -> type[Task]:
     """Class decorator: register a `Task` subclass under its `name` and `aliases`."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no task name")
-    if not cls.metrics or cls.primary_metric not in {m.name for m in cls.metrics}:
+    # A task without metrics only pre-trains backbones (`vlp`); one with metrics ranks by one of them.
+    if cls.metrics and cls.primary_metric not in {m.name for m in cls.metrics}:
         raise ValueError(f"task {cls.name!r}: primary_metric {cls.primary_metric!r} is not one of its metrics")
     # Only the class's own aliases: a task derived from another must not claim its parent's.
     cls.aliases = tuple(cls.__dict__.get("aliases", ()))

@@ -1,0 +1,550 @@
+"""An ALBEF-style vision-language model (Li et al., NeurIPS 2021), the paper's fourth backbone.
+
+No maintained ALBEF package installs beside timm 1.x, so the model is the
+project's own, laid out as salesforce/ALBEF's configs describe it:
+
+- image encoder: timm's ViT (ViT-B/16 for `albef_base`; 256 px in pre-training, 384 downstream);
+- text encoder: a BERT-shaped post-LayerNorm transformer written from `nn.Linear`s, so it
+  factorises like everything else. Layers ``[0, fusion_start)`` read the text alone;
+  layers ``[fusion_start, depth)`` also cross-attend to the image tokens (Hugging Face's
+  `BertLayer` would force causal self-attention once cross-attention is on);
+- 256-d projections for the contrastive loss, a learnt temperature, momentum copies of
+  both encoders and projections (EMA 0.995) feeding a queue of 65,536 features, an ITM
+  head and a masked-language-model head whose decoder shares the word embeddings.
+
+Pre-training objective (`objective_terms("vlp", batch)`): image-text contrastive loss
+with momentum distillation (alpha 0.4), image-text matching with one hard negative per
+image and per text drawn from the contrastive similarities, and masked language
+modelling, also distilled from the momentum model. Retrieval fine-tuning uses the first
+two. Captions of the same image (``batch["image_id"]``) are positives of each other,
+in the batch and in the queue, as in ALBEF's retrieval fine-tune.
+
+The distillation targets (`features`) are three groups of hidden states: ``image``
+(patch embedding and every block), ``text`` (embeddings and the text-only layers of the
+contrastive pass) and ``fusion`` (embeddings and all layers of the masked-language pass,
+which runs the text through every layer with the image).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from backbones.base import Backbone, BackboneInfo
+from backbones.registry import register_backbone
+from common.errors import PelaBenchError
+
+IGNORE_INDEX = -100  # label of tokens the masked-language loss skips
+NO_ID = -1  # the queued image id of a pair that came without one (matches no image id)
+
+
+# -- configuration ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TextConfig:
+    vocab_size: int = 30522
+    width: int = 768
+    depth: int = 12
+    fusion_start: int = 6  # first layer with cross-attention to the image
+    heads: int = 12
+    mlp_width: int = 3072
+    max_positions: int = 512
+    type_vocab: int = 2
+    dropout: float = 0.1
+    eps: float = 1e-12
+
+
+@dataclass(frozen=True)
+class AlbefConfig:
+    img_size: int = 384
+    patch_size: int = 16
+    image_width: int = 768
+    image_depth: int = 12
+    image_heads: int = 12
+    text: TextConfig = field(default_factory=TextConfig)
+    embed_dim: int = 256  # contrastive projection width
+    temp: float = 0.07
+    queue_size: int = 65536
+    momentum: float = 0.995
+    alpha: float = 0.4  # weight of the momentum model's soft targets
+    mlm: bool = True  # the masked-language head (pre-training); retrieval models go without
+
+
+# -- text transformer, from nn.Linear ---------------------------------------------------------
+class Attention(nn.Module):
+    """Multi-head attention with separate q, k, v and output maps (keys may come from another width).
+
+    `keep_maps` makes it keep its attention probabilities (the unfused path), which
+    Grad-CAM reads; otherwise it uses the fused kernel.
+    """
+
+    def __init__(self, dim: int, heads: int, kv_dim: int | None = None, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads:
+            raise PelaBenchError(f"attention width {dim} is not a multiple of {heads} heads")
+        kv_dim = kv_dim or dim
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(kv_dim, dim)
+        self.v = nn.Linear(kv_dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.dropout = dropout
+        self.keep_maps = False
+        self.maps: torch.Tensor | None = None
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.heads, -1).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """`mask`: (B, N_context) with 1 for tokens to attend to."""
+        q, k, v = self._split(self.q(x)), self._split(self.k(context)), self._split(self.v(context))
+        bias = None
+        if mask is not None:
+            bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
+            bias = bias.masked_fill(mask == 0, torch.finfo(q.dtype).min)[:, None, None, :]
+        p = self.dropout if self.training else 0.0
+        if self.keep_maps:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+            if bias is not None:
+                scores = scores + bias
+            probs = scores.softmax(dim=-1)
+            self.maps = probs
+            out = F.dropout(probs, p, self.training) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
+        return self.out(out.transpose(1, 2).flatten(2))
+
+
+class TextLayer(nn.Module):
+    """BERT's post-LayerNorm layer, with optional cross-attention to image tokens."""
+
+    def __init__(self, cfg: TextConfig, image_width: int, fusion: bool) -> None:
+        super().__init__()
+        self.self_attn = Attention(cfg.width, cfg.heads, dropout=cfg.dropout)
+        self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.eps)
+        self.cross_attn = Attention(cfg.width, cfg.heads, kv_dim=image_width, dropout=cfg.dropout) if fusion else None
+        self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.eps) if fusion else None
+        self.fc1 = nn.Linear(cfg.width, cfg.mlp_width)
+        self.fc2 = nn.Linear(cfg.mlp_width, cfg.width)
+        self.norm3 = nn.LayerNorm(cfg.width, eps=cfg.eps)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, image: torch.Tensor | None,
+                image_mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.norm1(x + self.drop(self.self_attn(x, x, mask)))
+        if self.cross_attn is not None:
+            if image is None:
+                raise PelaBenchError("a fusion layer needs the image tokens")
+            x = self.norm2(x + self.drop(self.cross_attn(x, image, image_mask)))
+        return self.norm3(x + self.drop(self.fc2(F.gelu(self.fc1(x)))))
+
+
+class TextEmbeddings(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.word = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.position = nn.Embedding(cfg.max_positions, cfg.width)
+        self.token_type = nn.Embedding(cfg.type_vocab, cfg.width)
+        self.norm = nn.LayerNorm(cfg.width, eps=cfg.eps)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.shape[1] > self.position.num_embeddings:
+            raise PelaBenchError(f"text of {ids.shape[1]} tokens exceeds the model's "
+                                 f"{self.position.num_embeddings} positions")
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        x = self.word(ids) + self.position(pos)[None] + self.token_type.weight[0]
+        return self.drop(self.norm(x))
+
+
+class TextTransformer(nn.Module):
+    def __init__(self, cfg: TextConfig, image_width: int) -> None:
+        super().__init__()
+        if not 0 <= cfg.fusion_start <= cfg.depth:
+            raise PelaBenchError(f"fusion_start={cfg.fusion_start} outside [0, {cfg.depth}]")
+        self.cfg = cfg
+        self.embed = TextEmbeddings(cfg)
+        self.layers = nn.ModuleList(TextLayer(cfg, image_width, fusion=i >= cfg.fusion_start)
+                                    for i in range(cfg.depth))
+
+    def run(self, x: torch.Tensor, mask: torch.Tensor | None, layers: range, image: torch.Tensor | None = None,
+            image_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The output of each layer in `layers`, starting from hidden states `x`."""
+        states = []
+        for i in layers:
+            x = self.layers[i](x, mask, image, image_mask)
+            states.append(x)
+        return states
+
+
+class MLMHead(nn.Module):
+    """BERT's prediction head; the decoder matrix is the word embedding (tied, not a parameter of its own)."""
+
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.width, cfg.width)
+        self.norm = nn.LayerNorm(cfg.width, eps=cfg.eps)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, x: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.norm(F.gelu(self.dense(x))), word_embeddings, self.bias)
+
+
+# -- the model ----------------------------------------------------------------------------------
+# The encoders and heads that have an EMA twin named `<name>_m`.
+_MOMENTUM_PAIRS = ("visual", "text", "vision_proj", "text_proj", "mlm_head")
+
+
+class AlbefBackbone(Backbone):
+    """ALBEF: image encoder, text/fusion encoder, contrastive projections, ITM and MLM heads."""
+
+    def __init__(self, cfg: AlbefConfig, info: BackboneInfo) -> None:
+        super().__init__(None, info)
+        self.cfg = cfg
+        t = cfg.text
+        self.visual = VisionTransformer(img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.image_width,
+                                        depth=cfg.image_depth, num_heads=cfg.image_heads, mlp_ratio=4.0,
+                                        qkv_bias=True, num_classes=0, norm_layer=_vit_norm)
+        self.text = TextTransformer(t, cfg.image_width)
+        self.vision_proj = nn.Linear(cfg.image_width, cfg.embed_dim)
+        self.text_proj = nn.Linear(t.width, cfg.embed_dim)
+        self.itm_head = nn.Linear(t.width, 2)
+        self.mlm_head = MLMHead(t) if cfg.mlm else None
+        self.temp = nn.Parameter(torch.tensor(cfg.temp))
+        for name in _MOMENTUM_PAIRS:
+            module = getattr(self, name)
+            setattr(self, f"{name}_m", copy.deepcopy(module) if module is not None else None)
+        for p in self.momentum_parameters():
+            p.requires_grad_(False)
+        queue = F.normalize(torch.randn(cfg.embed_dim, cfg.queue_size), dim=0)
+        self.register_buffer("image_queue", queue)
+        self.register_buffer("text_queue", F.normalize(torch.randn(cfg.embed_dim, cfg.queue_size), dim=0))
+        self.register_buffer("idx_queue", torch.full((1, cfg.queue_size), NO_ID, dtype=torch.long))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        self._taps: dict[str, list[torch.Tensor]] | None = None
+
+    # -- momentum model ------------------------------------------------------------------------
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(getattr(self, n), getattr(self, f"{n}_m")) for n in _MOMENTUM_PAIRS if getattr(self, n) is not None]
+
+    def momentum_parameters(self) -> Iterator[nn.Parameter]:
+        for _, twin in self.momentum_pairs():
+            yield from twin.parameters()
+
+    def requires_grad_(self, requires_grad: bool = True) -> "AlbefBackbone":
+        """As `nn.Module.requires_grad_`, except that the momentum copies never train (they follow by EMA)."""
+        super().requires_grad_(requires_grad)
+        for p in self.momentum_parameters():
+            p.requires_grad_(False)
+        return self
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        m = self.cfg.momentum
+        for online, twin in self.momentum_pairs():
+            for p, p_m in zip(online.parameters(), twin.parameters()):
+                p_m.mul_(m).add_(p.detach(), alpha=1 - m)
+
+    @torch.no_grad()
+    def _enqueue(self, image_feat: torch.Tensor, text_feat: torch.Tensor, idx: torch.Tensor) -> None:
+        n, size = image_feat.shape[0], self.image_queue.shape[1]
+        ptr = int(self.queue_ptr)
+        cols = (torch.arange(n, device=image_feat.device) + ptr) % size
+        self.image_queue[:, cols] = image_feat.T
+        self.text_queue[:, cols] = text_feat.T
+        self.idx_queue[:, cols] = idx[None]
+        self.queue_ptr[0] = (ptr + n) % size
+
+    # -- encoders ----------------------------------------------------------------------------
+    def _tap(self, group: str, states: list[torch.Tensor]) -> None:
+        if self._taps is not None:
+            self._taps[group].extend(states)
+
+    def _image_states(self, vit: VisionTransformer, image: torch.Tensor) -> list[torch.Tensor]:
+        """Patch embedding (with position and class token) and every block's output."""
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(image))))
+        states = [x]
+        for blk in vit.blocks:
+            x = blk(x)
+            states.append(x)
+        return states
+
+    def encode_image(self, image: torch.Tensor, momentum: bool = False) -> torch.Tensor:
+        """Image tokens (B, 1 + patches, width), after the final norm."""
+        vit = self.visual_m if momentum else self.visual
+        states = self._image_states(vit, image)
+        if not momentum:
+            self._tap("image", states)
+        return vit.norm(states[-1])
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor, momentum: bool = False) -> torch.Tensor:
+        """Text-only hidden states (B, L, width) after the last text-only layer."""
+        text = self.text_m if momentum else self.text
+        x = text.embed(ids)
+        states = [x, *text.run(x, mask, range(text.cfg.fusion_start))]
+        if not momentum:
+            self._tap("text", states)
+        return states[-1]
+
+    def fuse(self, text_states: torch.Tensor, mask: torch.Tensor, image_tokens: torch.Tensor,
+             momentum: bool = False) -> torch.Tensor:
+        """The fusion layers on text-only states: multimodal states (B, L, width)."""
+        text = self.text_m if momentum else self.text
+        image_mask = torch.ones(image_tokens.shape[:2], dtype=torch.long, device=image_tokens.device)
+        return text.run(text_states, mask, range(text.cfg.fusion_start, text.cfg.depth), image_tokens, image_mask)[-1]
+
+    def encode_multimodal(self, ids: torch.Tensor, mask: torch.Tensor, image_tokens: torch.Tensor,
+                          momentum: bool = False) -> torch.Tensor:
+        """All layers from the embeddings with the image (the masked-language pass)."""
+        text = self.text_m if momentum else self.text
+        image_mask = torch.ones(image_tokens.shape[:2], dtype=torch.long, device=image_tokens.device)
+        x = text.embed(ids)
+        states = [x, *text.run(x, mask, range(text.cfg.fusion_start))]
+        states += text.run(states[-1], mask, range(text.cfg.fusion_start, text.cfg.depth), image_tokens, image_mask)
+        if not momentum:
+            self._tap("fusion", states)
+        return states[-1]
+
+    def image_feat(self, tokens: torch.Tensor, momentum: bool = False) -> torch.Tensor:
+        proj = self.vision_proj_m if momentum else self.vision_proj
+        return F.normalize(proj(tokens[:, 0]), dim=-1)
+
+    def text_feat(self, states: torch.Tensor, momentum: bool = False) -> torch.Tensor:
+        proj = self.text_proj_m if momentum else self.text_proj
+        return F.normalize(proj(states[:, 0]), dim=-1)
+
+    def itm_logits(self, text_states: torch.Tensor, mask: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        return self.itm_head(self.fuse(text_states, mask, image_tokens)[:, 0])
+
+    def forward(self, image: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """ITM logits (B, 2) of matched image-text pairs: the path that scores a retrieval candidate."""
+        tokens = self.encode_image(image)
+        return self.itm_logits(self.encode_text(text_ids, text_mask), text_mask, tokens)
+
+    # -- objectives ------------------------------------------------------------------------------
+    def objective_terms(self, kind: str, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Named loss terms of ALBEF's objective `kind`: "vlp" (ITC + ITM + MLM) or "itc_itm"."""
+        if kind not in ("vlp", "itc_itm"):
+            raise PelaBenchError(f"ALBEF has no objective {kind!r}; it has 'vlp' and 'itc_itm'")
+        image, ids, mask = batch["image"], batch["text_ids"], batch["text_mask"]
+        idx = batch.get("image_id")
+        alpha = self.cfg.alpha
+        with torch.no_grad():
+            self.temp.clamp_(0.001, 0.5)
+        image_tokens = self.encode_image(image)
+        text_states = self.encode_text(ids, mask)
+        image_feat, text_feat = self.image_feat(image_tokens), self.text_feat(text_states)
+        itc, sim_i2t, sim_t2i, pos = self._contrastive(image, ids, mask, image_feat, text_feat, idx, alpha)
+        terms = {"itc": itc, "itm": self._matching(image_tokens, text_states, mask, sim_i2t, sim_t2i, pos)}
+        if kind == "vlp":
+            terms["mlm"] = self._masked_language(batch, image, image_tokens, alpha)
+        return terms
+
+    def _contrastive(self, image, ids, mask, image_feat, text_feat, idx, alpha):
+        b = image.shape[0]
+        with torch.no_grad():
+            self.momentum_update()
+            image_feat_m = self.image_feat(self.encode_image(image, momentum=True), momentum=True)
+            text_feat_m = self.text_feat(self.encode_text(ids, mask, momentum=True), momentum=True)
+            image_all = torch.cat([image_feat_m.T, self.image_queue.clone()], dim=1)
+            text_all = torch.cat([text_feat_m.T, self.text_queue.clone()], dim=1)
+            if idx is None:  # pairs without image ids (pre-training captions): each is its own only positive
+                pos = torch.eye(b, text_all.shape[1], device=image.device)
+                idx = torch.full((b,), NO_ID, dtype=torch.long, device=image.device)
+            else:
+                pos = (idx[:, None] == torch.cat([idx[None], self.idx_queue.clone()], dim=1)).float()
+            targets = pos / pos.sum(dim=1, keepdim=True)
+            soft_i2t = alpha * (image_feat_m @ text_all / self.temp).softmax(dim=1) + (1 - alpha) * targets
+            soft_t2i = alpha * (text_feat_m @ image_all / self.temp).softmax(dim=1) + (1 - alpha) * targets
+        sim_i2t = image_feat @ text_all / self.temp
+        sim_t2i = text_feat @ image_all / self.temp
+        loss_i2t = -(F.log_softmax(sim_i2t, dim=1) * soft_i2t).sum(dim=1).mean()
+        loss_t2i = -(F.log_softmax(sim_t2i, dim=1) * soft_t2i).sum(dim=1).mean()
+        if self.training:
+            self._enqueue(image_feat_m, text_feat_m, idx)
+        return (loss_i2t + loss_t2i) / 2, sim_i2t[:, :b], sim_t2i[:, :b], pos[:, :b]
+
+    def _matching(self, image_tokens, text_states, mask, sim_i2t, sim_t2i, pos) -> torch.Tensor:
+        """ITM on the true pairs and one hard negative per image and per text (never a positive)."""
+        b = image_tokens.shape[0]
+        with torch.no_grad():
+            w_i2t = (sim_i2t.float().softmax(dim=1) + 1e-5).masked_fill(pos > 0, 0)
+            w_t2i = (sim_t2i.float().softmax(dim=1) + 1e-5).masked_fill(pos > 0, 0)
+            has_neg = (w_i2t.sum(1) > 0) & (w_t2i.sum(1) > 0)
+            # A batch where every other pair is a positive has no negative to draw: fall back to uniform.
+            w_i2t = torch.where(has_neg[:, None], w_i2t, torch.ones_like(w_i2t))
+            w_t2i = torch.where(has_neg[:, None], w_t2i, torch.ones_like(w_t2i))
+            neg_image = torch.multinomial(w_t2i, 1).squeeze(1)  # for each text, an image
+            neg_text = torch.multinomial(w_i2t, 1).squeeze(1)  # for each image, a text
+        texts = torch.cat([text_states, text_states, text_states[neg_text]])
+        masks = torch.cat([mask, mask, mask[neg_text]])
+        images = torch.cat([image_tokens, image_tokens[neg_image], image_tokens])
+        logits = self.itm_logits(texts, masks, images)
+        labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(logits.device)
+        return F.cross_entropy(logits, labels)
+
+    def _masked_language(self, batch, image, image_tokens, alpha) -> torch.Tensor:
+        if self.mlm_head is None:
+            raise PelaBenchError(f"{self.info.name} was built without its masked-language head (mlm=False)")
+        ids, labels, mask = batch["mlm_ids"], batch["mlm_labels"], batch["text_mask"]
+        logits = self.mlm_head(self.encode_multimodal(ids, mask, image_tokens), self.text.embed.word.weight)
+        with torch.no_grad():
+            tokens_m = self.encode_image(image, momentum=True)
+            logits_m = self.mlm_head_m(self.encode_multimodal(ids, mask, tokens_m, momentum=True),
+                                       self.text_m.embed.word.weight)
+        picked = labels != IGNORE_INDEX
+        if not picked.any():
+            return logits.sum() * 0.0
+        log_p = F.log_softmax(logits[picked], dim=-1)
+        hard = F.nll_loss(log_p, labels[picked])
+        soft = -(log_p * logits_m[picked].softmax(dim=-1)).sum(dim=-1).mean()
+        return (1 - alpha) * hard + alpha * soft
+
+    # -- the backbone contract ------------------------------------------------------------------
+    @contextmanager
+    def capture_features(self) -> Iterator[dict[str, list[torch.Tensor]]]:
+        groups: dict[str, list[torch.Tensor]] = {g: [] for g in self.info.feature_groups}
+        outer, self._taps = self._taps, groups
+        try:
+            yield groups
+        finally:
+            self._taps = outer
+
+    def features(self, batch: Mapping[str, Any]) -> dict[str, list[torch.Tensor]]:
+        """The three tapped passes of pre-training, on the batch's own (already masked) text."""
+        with self.capture_features() as groups:
+            tokens = self.encode_image(batch["image"])
+            self.encode_text(batch["text_ids"], batch["text_mask"])
+            self.encode_multimodal(batch["mlm_ids"], batch["text_mask"], tokens)
+        return groups
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.visual.blocks)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        raise PelaBenchError(f"{self.info.name} has no classifier to reset")
+
+    def drop_mlm_head(self) -> "AlbefBackbone":
+        """The retrieval model: the masked-language heads (online and momentum) removed, in place."""
+        self.mlm_head = self.mlm_head_m = None
+        return self
+
+    def adapt_state_dict(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Accept a checkpoint in salesforce/ALBEF's layout (pre-training or fine-tuned) as well as our own."""
+        if not any(k.startswith(("visual_encoder.", "text_encoder.")) for k in state):
+            return dict(state)
+        out = {}
+        for key, value in state.items():
+            new = official_key(key)
+            if new is None:
+                continue
+            if new.endswith("pos_embed") and value.shape != getattr(self, new.split(".")[0]).pos_embed.shape:
+                grid = self.visual.patch_embed.grid_size
+                value = resample_abs_pos_embed(value, list(grid), num_prefix_tokens=1)
+            out[new] = value
+        return out
+
+
+_vit_norm = partial(nn.LayerNorm, eps=1e-6)  # ALBEF's ViT; timm's default is 1e-5
+
+
+# salesforce/ALBEF's names -> ours. BERT sub-layer names inside `encoder.layer.N.`:
+_BERT_LAYER = {
+    "attention.self.query": "self_attn.q", "attention.self.key": "self_attn.k",
+    "attention.self.value": "self_attn.v", "attention.output.dense": "self_attn.out",
+    "attention.output.LayerNorm": "norm1",
+    "crossattention.self.query": "cross_attn.q", "crossattention.self.key": "cross_attn.k",
+    "crossattention.self.value": "cross_attn.v", "crossattention.output.dense": "cross_attn.out",
+    "crossattention.output.LayerNorm": "norm2",
+    "intermediate.dense": "fc1", "output.dense": "fc2", "output.LayerNorm": "norm3",
+}
+_BERT_EMBED = {"word_embeddings": "word", "position_embeddings": "position",
+               "token_type_embeddings": "token_type", "LayerNorm": "norm"}
+_OFFICIAL_TOP = {"visual_encoder": "visual", "visual_encoder_m": "visual_m",
+                 "text_encoder": "text", "text_encoder_m": "text_m"}
+
+
+def official_key(key: str) -> str | None:
+    """Our name for one salesforce/ALBEF state-dict key (None: nothing to load, e.g. a tied copy)."""
+    top, _, rest = key.partition(".")
+    if top not in _OFFICIAL_TOP:
+        return key  # vision_proj(_m), text_proj(_m), itm_head, temp, queues keep their names
+    ours = _OFFICIAL_TOP[top]
+    if top.startswith("visual_encoder"):
+        return f"{ours}.{rest}"  # ALBEF's ViT uses timm's names
+    momentum = "_m" if top.endswith("_m") else ""
+    rest = rest.removeprefix("bert.")
+    if rest.startswith("cls.predictions."):
+        part = rest.removeprefix("cls.predictions.")
+        head = {"transform.dense.weight": "dense.weight", "transform.dense.bias": "dense.bias",
+                "transform.LayerNorm.weight": "norm.weight", "transform.LayerNorm.bias": "norm.bias",
+                "bias": "bias"}.get(part)
+        return f"mlm_head{momentum}.{head}" if head else None  # decoder: tied to the word embeddings
+    if rest.startswith("embeddings."):
+        name, _, param = rest.removeprefix("embeddings.").rpartition(".")
+        return f"{ours}.embed.{_BERT_EMBED[name]}.{param}" if name in _BERT_EMBED else None
+    m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)", rest)
+    if m and m.group(2) in _BERT_LAYER:
+        return f"{ours}.layers.{m.group(1)}.{_BERT_LAYER[m.group(2)]}.{m.group(3)}"
+    if rest.startswith("pooler."):
+        return None  # ALBEF builds BERT without its pooler; older checkpoints may still carry one
+    raise PelaBenchError(f"unrecognised ALBEF checkpoint key {key!r}")
+
+
+# -- presets ----------------------------------------------------------------------------------------
+# The official PELA code keeps full-rank every linear layer named like the projections
+# or the MLM head (`_proj`, `cls`), and (`lowrank_min_out`) every one with under 10 outputs.
+_ALBEF_OMIT = ("vision_proj*", "text_proj*", "mlm_head*")
+_ADAPTER_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "self_attn.q", "self_attn.k", "self_attn.v",
+                    "self_attn.out", "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.out", "fc1", "fc2")
+
+
+def albef_info(name: str, cfg: AlbefConfig) -> BackboneInfo:
+    return BackboneInfo(
+        name=name, family="albef", embed_dims=(cfg.image_width,), depth=cfg.image_depth, img_size=cfg.img_size,
+        num_classes=0, paper_ratio=3.0, lowrank_omit=_ALBEF_OMIT, lowrank_min_out=10,
+        pretrain_task="vlp", adapter_targets=_ADAPTER_TARGETS, classifier=(),
+        feature_groups=("image", "text", "fusion"),
+    )
+
+
+def _build(name: str, cfg: AlbefConfig, pretrained: bool, overrides: dict[str, Any]) -> AlbefBackbone:
+    if pretrained:
+        raise PelaBenchError(f"{name} has no hub weights; pass weights=PATH to an ALBEF checkpoint (e.g. ALBEF_4M.pth)")
+    text_keys = set(TextConfig.__dataclass_fields__)
+    text = {k: overrides.pop(k) for k in list(overrides) if k in text_keys}
+    unknown = set(overrides) - set(AlbefConfig.__dataclass_fields__)
+    if unknown:
+        raise PelaBenchError(f"{name} has no setting(s) {', '.join(sorted(unknown))}")
+    cfg = AlbefConfig(**{**cfg.__dict__, **overrides, "text": TextConfig(**{**cfg.text.__dict__, **text})})
+    return AlbefBackbone(cfg, albef_info(name, cfg))
+
+
+@register_backbone
+def albef_base(pretrained: bool = False, **overrides: Any) -> AlbefBackbone:
+    """ALBEF at the paper's sizes: ViT-B/16 at 384 px + BERT-base text and fusion, momentum copies.
+
+    419.1 M parameters as a retrieval model (`mlm=False`); PELA's preset (ratio 3) gives 173.5 M (Table 4).
+    """
+    return _build("albef_base", AlbefConfig(), pretrained, overrides)
+
+
+@register_backbone
+def albef_tiny(pretrained: bool = False, **overrides: Any) -> AlbefBackbone:
+    """A CPU-sized ALBEF for the synthetic captions: 64 px, 8 px patches, width 64, 4 + 4 layers."""
+    cfg = AlbefConfig(img_size=64, patch_size=8, image_width=64, image_depth=4, image_heads=2,
+                      text=TextConfig(vocab_size=128, width=64, depth=4, fusion_start=2, heads=2, mlp_width=256,
+                                      max_positions=40, dropout=0.0),
+                      embed_dim=32, queue_size=512)
+    return _build("albef_tiny", cfg, pretrained, overrides)

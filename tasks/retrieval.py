@@ -1,0 +1,237 @@
+"""Image-text retrieval (Flickr30K / COCO in ALBEF's JSON), the paper's Table 4.
+
+Fine-tune with the backbone's ITC + ITM objective, then rank as ALBEF does: the
+contrastive similarity picks each query's top `k_test` candidates, the ITM head
+scores those (its "match" logit) and every other candidate ranks below them;
+``k_test = 0`` ranks by the similarity alone. Metrics: TR@1/5/10 (an image counts
+by its best-ranked ground-truth caption), IR@1/5/10, and their mean ``r_mean``,
+which ranks the leaderboard.
+
+Data root: ``*_train.json`` (one entry per caption: ``{"image", "caption", "image_id"}``),
+``*_test.json`` (one entry per image: ``{"image", "caption": [captions]}``), and ``vocab.txt``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from common.errors import PelaBenchError
+from tasks.base import Metric, RunContext, Task, TaskData, TaskResult, check_files, register_task
+from tasks.synthetic import WorldConfig, read_marker
+from tasks.synthetic_vl import write_retrieval
+from tasks.text import Tokenizer
+from tasks.vl_data import (CaptionPairs, Images, TextSettings, encode_text, find_json, image_path, image_transforms,
+                           load_tokenizer, read_entries)
+from tasks.vlp import check_vl_backbone
+
+RECALL_AT = (1, 5, 10)
+
+
+@dataclass(frozen=True)
+class RetrievalSchedule:
+    epochs: float
+    lr: float
+    batch_size: int
+    k_test: int  # candidates the ITM head re-ranks per query (0: contrastive similarity only)
+    weight_decay: float = 0.02
+    warmup_epochs: float = 1.0
+    eval_batch_size: int = 64
+    text: TextSettings = field(default_factory=TextSettings)
+    synthetic_train: int = 0
+    synthetic_test: int = 0
+    latency_repeats: int = 20
+
+
+@dataclass(frozen=True)
+class RetrievalData:
+    train: list[dict[str, Any]]  # one entry per caption
+    test: list[dict[str, Any]]  # one entry per image, with its captions
+    tokenizer: Tokenizer
+    img_size: int
+
+
+def retrieval_metrics(i2t: torch.Tensor, t2i: torch.Tensor, img2txt: list[list[int]], txt2img: list[int]
+                      ) -> dict[str, float]:
+    """Recall@K in percent from score matrices (images x texts, texts x images), as ALBEF's `itm_eval`."""
+    tr_ranks = []
+    for i, row in enumerate(i2t):
+        order = torch.argsort(row, descending=True)
+        positions = torch.nonzero(torch.isin(order, torch.tensor(img2txt[i])))
+        tr_ranks.append(int(positions.min()))
+    ir_ranks = [int(torch.nonzero(torch.argsort(row, descending=True) == txt2img[t]).min())
+                for t, row in enumerate(t2i)]
+    out = {}
+    for name, ranks in (("tr", torch.tensor(tr_ranks)), ("ir", torch.tensor(ir_ranks))):
+        for k in RECALL_AT:
+            out[f"{name}{k}"] = 100.0 * float((ranks < k).float().mean())
+    out["r_mean"] = sum(out[f"{n}{k}"] for n in ("tr", "ir") for k in RECALL_AT) / (2 * len(RECALL_AT))
+    return out
+
+
+def trainable_copy(student: nn.Module) -> nn.Module:
+    """The fine-tuned model starts as a copy: the student itself stays as pre-training left it."""
+    return copy.deepcopy(student).requires_grad_(True)
+
+
+@register_task
+class RetrievalTask(Task):
+    name = "retrieval"
+    aliases = ("ret", "itr")
+    metrics = (*(Metric(f"{n}{k}", f"{n.upper()}@{k}") for n in ("tr", "ir") for k in RECALL_AT),
+               Metric("r_mean", "R mean"))
+    primary_metric = "r_mean"
+    fine_tunes = True
+    layout = ("ALBEF retrieval JSON: <root>/*_train.json ({image, caption, image_id} per caption), "
+              "<root>/*_test.json ({image, caption: [...]} per image), <root>/vocab.txt")
+    schedules = {
+        "tiny": RetrievalSchedule(epochs=1, lr=1e-3, batch_size=16, k_test=4, eval_batch_size=32,
+                                  text=TextSettings(max_tokens=20), synthetic_train=32, synthetic_test=16,
+                                  latency_repeats=3),
+        "smoke": RetrievalSchedule(epochs=4, lr=5e-4, batch_size=32, k_test=16, warmup_epochs=0.5,
+                                   text=TextSettings(max_tokens=20), synthetic_train=400, synthetic_test=100),
+        # ALBEF's Flickr30K fine-tune: 10 epochs at 1e-5, batch 32, k_test 128.
+        "paper": RetrievalSchedule(epochs=10, lr=1e-5, batch_size=32, k_test=128, synthetic_train=5000,
+                                   synthetic_test=1000),
+    }
+
+    def check_backbone(self, info: Any) -> None:
+        check_vl_backbone(self.name, info)
+
+    # -- data ---------------------------------------------------------------------------------
+    def synthetic_spec(self, schedule: RetrievalSchedule, img_size: int | None) -> dict[str, Any]:
+        return {"n_train": schedule.synthetic_train, "n_test": schedule.synthetic_test, "img_size": img_size or 64}
+
+    def write_synthetic(self, root: Path, spec: dict[str, Any], seed: int, progress: bool) -> None:
+        write_retrieval(root, seed=seed, n_train=spec["n_train"], n_val=spec["n_test"], n_test=spec["n_test"],
+                        world=WorldConfig(img_size=spec["img_size"]), progress=progress)
+
+    def check_root(self, root: Path) -> None:
+        if not Path(root).is_dir():
+            raise PelaBenchError(f"--data {self.name}={root} does not exist ({self.layout})")
+        find_json(Path(root), "_train.json")
+        find_json(Path(root), "_test.json")
+
+    def load(self, root: Path, schedule: RetrievalSchedule, img_size: int | None) -> TaskData:
+        root = Path(root)
+        self.check_root(root)
+        train = read_entries(find_json(root, "_train.json"), {"image": str, "caption": str, "image_id": (str, int)})
+        test = read_entries(find_json(root, "_test.json"), {"image": str, "caption": list})
+        for i, entry in enumerate(test):
+            if not entry["caption"]:
+                raise PelaBenchError(f"{find_json(root, '_test.json')} entry {i}: no captions")
+        missing = sorted({str(image_path(root, e)) for e in (*train, *test) if not image_path(root, e).is_file()})
+        if missing:
+            raise PelaBenchError(f"{root}: {len(missing)} image(s) listed but not found, e.g. {missing[0]}")
+        data = RetrievalData(train, test, load_tokenizer(root), img_size or 384)
+        audit = {"train_pairs": len(train), "train_images": len({str(e['image_id']) for e in train}),
+                 "test_images": len(test), "test_captions": sum(len(e["caption"]) for e in test)}
+        return TaskData(root, "real" if read_marker(root) is None else "synthetic", data, audit)
+
+    def check_data(self, data: TaskData, progress: bool = True) -> dict[str, int]:
+        d: RetrievalData = data.content
+        paths = sorted({image_path(data.root, e) for e in (*d.train, *d.test)})
+        return {"images": check_files(paths, "checking retrieval images", progress)}
+
+    def backbone_overrides(self, data: TaskData) -> dict[str, Any]:
+        return {"vocab_size": len(data.content.tokenizer)}
+
+    # -- fine-tune and evaluate ---------------------------------------------------------------
+    def train_pairs(self, data: TaskData, schedule: RetrievalSchedule) -> CaptionPairs:
+        d: RetrievalData = data.content
+        ids: dict[str, int] = {}
+        image_ids = [ids.setdefault(str(e["image_id"]), len(ids)) for e in d.train]
+        transform = image_transforms(d.img_size, data.provenance == "synthetic", train=True)
+        return CaptionPairs(data.root, d.train, d.tokenizer, transform, schedule.text, image_ids=image_ids)
+
+    def run(self, student: nn.Module, data: TaskData, schedule: RetrievalSchedule, ctx: RunContext) -> TaskResult:
+        if ctx.fit is None:
+            raise PelaBenchError("retrieval fine-tunes with the suite's trainer: RunContext.fit must be set")
+        vocab = data.content.tokenizer
+        if len(vocab) > student.text.embed.word.num_embeddings:
+            raise PelaBenchError(f"{vocab.source} has {len(vocab)} tokens but the model knows "
+                                 f"{student.text.embed.word.num_embeddings}: pre-training and retrieval data must "
+                                 "share one vocabulary")
+        model = trainable_copy(student).to(ctx.device)
+        model.drop_mlm_head()  # the retrieval model (ALBEF's has no masked-language head)
+        start = time.time()
+
+        def loss(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+            terms = model.objective_terms("itc_itm", batch)
+            return {"loss": torch.stack(list(terms.values())).sum(), **{k: v.detach() for k, v in terms.items()}}
+
+        batch = ctx.train_batch or schedule.batch_size
+        history = ctx.fit(model, loss, self.train_pairs(data, schedule), epochs=schedule.epochs, lr=schedule.lr,
+                          batch_size=batch, weight_decay=schedule.weight_decay,
+                          warmup_epochs=schedule.warmup_epochs, desc=f"retrieval fine-tune ({batch}/step)")
+        seconds = time.time() - start
+        metrics = self.evaluate(model, data, schedule, ctx.device, ctx.workers)
+        details = {"train_batch": batch, "schedule": asdict(schedule), "loss_terms": history[-1] if history else {},
+                   "data_audit": data.audit}
+        return TaskResult(metrics, model.eval(), seconds, details)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: TaskData, schedule: RetrievalSchedule, device: torch.device,
+                 workers: int = 0) -> dict[str, float]:
+        d: RetrievalData = data.content
+        model.eval()
+        transform = image_transforms(d.img_size, data.provenance == "synthetic", train=False)
+        images = Images([image_path(data.root, e) for e in d.test], transform)
+        loader = DataLoader(images, batch_size=schedule.eval_batch_size, num_workers=workers)
+        tokens = torch.cat([model.encode_image(b["image"].to(device)) for b in loader])
+        image_feats = model.image_feat(tokens)
+        texts = [encode_text(d.tokenizer, c, schedule.text) for e in d.test for c in e["caption"]]
+        img2txt, txt2img, start = [], [], 0
+        for i, e in enumerate(d.test):
+            img2txt.append(list(range(start, start + len(e["caption"]))))
+            txt2img += [i] * len(e["caption"])
+            start += len(e["caption"])
+        ids = torch.stack([t["text_ids"] for t in texts]).to(device)
+        masks = torch.stack([t["text_mask"] for t in texts]).to(device)
+        step = schedule.eval_batch_size
+        states = torch.cat([model.encode_text(ids[i:i + step], masks[i:i + step]) for i in range(0, len(ids), step)])
+        text_feats = model.text_feat(states)
+        sims = image_feats @ text_feats.T
+        k = min(schedule.k_test, sims.shape[0], sims.shape[1])
+        if k == 0:
+            return retrieval_metrics(sims.cpu(), sims.T.cpu(), img2txt, txt2img)
+
+        def rerank(image_of: torch.Tensor, text_of: torch.Tensor) -> torch.Tensor:
+            """ITM match logits for pairs (image_of[j], text_of[j]), in evaluation batches."""
+            out = []
+            for j in range(0, len(image_of), step):
+                im, tx = image_of[j:j + step], text_of[j:j + step]
+                out.append(model.itm_logits(states[tx], masks[tx], tokens[im])[:, 1])
+            return torch.cat(out)
+
+        top_t = sims.topk(k, dim=1).indices  # per image, k texts
+        i2t = torch.full_like(sims, -100.0)
+        rows = torch.arange(sims.shape[0], device=device).repeat_interleave(k)
+        i2t[rows, top_t.flatten()] = rerank(rows, top_t.flatten())
+        top_i = sims.T.topk(k, dim=1).indices  # per text, k images
+        t2i = torch.full_like(sims.T, -100.0)
+        cols = torch.arange(sims.shape[1], device=device).repeat_interleave(k)
+        t2i[cols, top_i.flatten()] = rerank(top_i.flatten(), cols)
+        return retrieval_metrics(i2t.cpu(), t2i.cpu(), img2txt, txt2img)
+
+    # -- efficiency ------------------------------------------------------------------------------
+    def example_inputs(self, data: TaskData, schedule: RetrievalSchedule, model: nn.Module, batch_size: int
+                       ) -> dict[str, torch.Tensor]:
+        size, length = data.content.img_size, schedule.text.max_tokens
+        g = torch.Generator().manual_seed(0)
+        return {"image": torch.randn(batch_size, 3, size, size, generator=g),
+                "text_ids": torch.randint(len(data.content.tokenizer), (batch_size, length), generator=g),
+                "text_mask": torch.ones(batch_size, length, dtype=torch.long)}
+
+    def input_size(self, schedule: RetrievalSchedule, data: TaskData) -> int:
+        return data.content.img_size
+
+    def describe_schedule(self, schedule: RetrievalSchedule, batch: int | None = None) -> str:
+        return f"{schedule.epochs} epochs, batch {batch or schedule.batch_size}, k_test {schedule.k_test}"

@@ -1,0 +1,141 @@
+"""What the vision-language tasks share: ALBEF's JSON files, images, tokenised text, batches as dicts.
+
+A data root holds the task's JSON files (paths inside are relative to the root, or
+absolute) and the tokenizer's ``vocab.txt``: the synthetic world's word list, or
+BERT's WordPiece vocabulary (30,522 entries) for real data. Every entry is checked
+when the file is read; a malformed one is an error naming the file and the index.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+from torchvision import transforms as T
+
+from common.errors import PelaBenchError
+from tasks.classification import load_rgb
+from tasks.synthetic import read_marker
+from tasks.text import BERT_VOCAB_SIZE, Tokenizer, mask_tokens, pre_caption
+
+# ALBEF normalises images with CLIP's statistics.
+VL_MEAN = (0.48145466, 0.4578275, 0.40821073)
+VL_STD = (0.26862954, 0.26130258, 0.27577711)
+VOCAB_FILE = "vocab.txt"
+
+
+def read_entries(path: Path, fields: dict[str, type | tuple[type, ...]]) -> list[dict[str, Any]]:
+    """A JSON list of objects, each with `fields` of the given types; errors name file and index."""
+    if not path.is_file():
+        raise PelaBenchError(f"annotation file not found: {path}")
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PelaBenchError(f"cannot read {path}: {exc}") from None
+    if not isinstance(entries, list) or not entries:
+        raise PelaBenchError(f"{path} must hold a non-empty JSON list of entries")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise PelaBenchError(f"{path} entry {i}: expected an object, got {type(entry).__name__}")
+        for name, kind in fields.items():
+            if name not in entry:
+                raise PelaBenchError(f"{path} entry {i}: no '{name}' field")
+            if not isinstance(entry[name], kind):
+                raise PelaBenchError(f"{path} entry {i}: '{name}' has the wrong type ({type(entry[name]).__name__})")
+        captions = entry.get("caption")
+        if captions is not None:
+            for c in captions if isinstance(captions, list) else [captions]:
+                if not isinstance(c, str) or not pre_caption(c):
+                    raise PelaBenchError(f"{path} entry {i}: an empty or non-text caption ({c!r})")
+    return entries
+
+
+def find_json(root: Path, suffix: str) -> Path:
+    """The one ``*<suffix>`` file in `root` (``flickr30k_test.json``, ``retrieval_test.json``, ...)."""
+    found = sorted(root.glob(f"*{suffix}"))
+    if len(found) != 1:
+        what = "no" if not found else f"{len(found)}"
+        raise PelaBenchError(f"{root}: {what} '*{suffix}' file(s); expected exactly one")
+    return found[0]
+
+
+def image_path(root: Path, entry: dict[str, Any]) -> Path:
+    path = Path(entry["image"])
+    return path if path.is_absolute() else root / path
+
+
+def load_tokenizer(root: Path) -> Tokenizer:
+    """The data root's ``vocab.txt``; for real data it must be BERT's 30,522-entry WordPiece list."""
+    path = root / VOCAB_FILE
+    if not path.is_file():
+        raise PelaBenchError(f"{root} has no {VOCAB_FILE}: put BERT's WordPiece vocabulary (bert-base-uncased, "
+                             f"{BERT_VOCAB_SIZE} lines) there")
+    synthetic = read_marker(root) is not None
+    return Tokenizer.from_file(path, expect_size=None if synthetic else BERT_VOCAB_SIZE)
+
+
+def image_transforms(img_size: int, synthetic: bool, train: bool) -> T.Compose:
+    """ALBEF's: random-resized crops (scale 0.5-1) and flips for training real images; a plain
+    resize otherwise. Synthetic captions name positions ("on the left"), so those are never flipped or cropped."""
+    norm = T.Normalize(VL_MEAN, VL_STD)
+    if train and not synthetic:
+        return T.Compose([T.RandomResizedCrop(img_size, scale=(0.5, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+                          T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    return T.Compose([T.Resize((img_size, img_size), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(), norm])
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    max_words: int = 30
+    max_tokens: int = 35  # padded length of every text tensor
+    mlm_probability: float = 0.15
+
+
+class CaptionPairs(Dataset):
+    """(image, caption) pairs as dict samples. An entry whose caption is a list yields one
+    caption drawn at random each time (ALBEF's pre-training loader); `image_ids` numbers images."""
+
+    def __init__(self, root: Path, entries: list[dict[str, Any]], tokenizer: Tokenizer, transform: T.Compose,
+                 text: TextSettings, image_ids: list[int] | None = None, mlm: bool = False) -> None:
+        self.root, self.entries, self.tokenizer, self.transform = root, entries, tokenizer, transform
+        self.text, self.image_ids, self.mlm = text, image_ids, mlm
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        entry = self.entries[index]
+        caption = entry["caption"]
+        if isinstance(caption, list):
+            caption = caption[int(torch.randint(len(caption), ()))]
+        sample = {"image": self.transform(load_rgb(str(image_path(self.root, entry))))}
+        sample.update(encode_text(self.tokenizer, caption, self.text))
+        if self.image_ids is not None:
+            sample["image_id"] = self.image_ids[index]
+        if self.mlm:
+            sample["mlm_ids"], sample["mlm_labels"] = mask_tokens(sample["text_ids"], self.tokenizer,
+                                                                  self.text.mlm_probability)
+        return sample
+
+
+def encode_text(tokenizer: Tokenizer, caption: str, text: TextSettings) -> dict[str, torch.Tensor]:
+    ids = tokenizer.encode(pre_caption(caption, text.max_words), text.max_tokens)
+    text_ids, text_mask = tokenizer.pad(ids, text.max_tokens)
+    return {"text_ids": text_ids, "text_mask": text_mask}
+
+
+class Images(Dataset):
+    """Images alone (evaluation encodes every image once)."""
+
+    def __init__(self, paths: list[Path], transform: T.Compose) -> None:
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"image": self.transform(load_rgb(str(self.paths[index])))}

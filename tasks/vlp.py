@@ -1,0 +1,103 @@
+"""Vision-language pre-training on image-caption pairs: the teacher's training and PELA's
+intermediate pre-training for ALBEF-style backbones (``BackboneInfo.pretrain_task = "vlp"``).
+
+It has no rows of its own. Data: every ``<root>/annotations/*.json`` is a list of
+``{"image": path, "caption": text or [texts]}`` (ALBEF's pre-training files: COCO,
+VG, CC3M, SBU, ...), image paths relative to the root, plus ``<root>/vocab.txt``. The objective is the backbone's own (`ModelObjective("vlp")`:
+ITC + ITM + MLM for ALBEF).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import ConcatDataset, Dataset
+
+from common.errors import PelaBenchError
+from common.objective import ModelObjective
+from tasks.base import Task, TaskData, check_files, register_task
+from tasks.synthetic import WorldConfig, read_marker
+from tasks.synthetic_vl import write_pretraining
+from tasks.vl_data import (CaptionPairs, TextSettings, image_path, image_transforms, load_tokenizer,
+                           read_entries)
+from tasks.text import Tokenizer
+
+
+@dataclass(frozen=True)
+class PretrainSchedule:
+    synthetic_train: int
+    text: TextSettings = field(default_factory=TextSettings)
+
+
+@dataclass(frozen=True)
+class PretrainData:
+    files: list[Path]
+    entries: list[list[dict[str, Any]]]
+    tokenizer: Tokenizer
+    text: TextSettings
+    img_size: int
+
+
+def check_vl_backbone(task: str, info: Any) -> None:
+    if not {"text", "fusion"} <= set(info.feature_groups):
+        raise PelaBenchError(f"task {task!r} needs a vision-language backbone (albef_*); "
+                             f"{info.name} has no text encoder")
+
+
+@register_task
+class VLPretraining(Task):
+    name = "vlp"
+    aliases = ("pretrain_vl",)
+    layout = "ALBEF pre-training JSON: <root>/annotations/*.json, lists of {image, caption}; <root>/vocab.txt"
+    schedules = {
+        "tiny": PretrainSchedule(synthetic_train=96, text=TextSettings(max_tokens=20)),
+        "smoke": PretrainSchedule(synthetic_train=2000, text=TextSettings(max_tokens=20)),
+        "paper": PretrainSchedule(synthetic_train=50_000),
+    }
+
+    def check_backbone(self, info: Any) -> None:
+        check_vl_backbone(self.name, info)
+
+    def synthetic_spec(self, schedule: PretrainSchedule, img_size: int | None) -> dict[str, Any]:
+        return {"n_train": schedule.synthetic_train, "img_size": img_size or 64}
+
+    def write_synthetic(self, root: Path, spec: dict[str, Any], seed: int, progress: bool) -> None:
+        write_pretraining(root, seed=seed, n_train=spec["n_train"], world=WorldConfig(img_size=spec["img_size"]),
+                          progress=progress)
+
+    def check_root(self, root: Path) -> None:
+        if not Path(root).is_dir():
+            raise PelaBenchError(f"--data {self.name}={root} does not exist ({self.layout})")
+
+    def load(self, root: Path, schedule: PretrainSchedule, img_size: int | None) -> TaskData:
+        root = Path(root)
+        self.check_root(root)
+        files = sorted((root / "annotations").glob("*.json"))
+        if not files:
+            raise PelaBenchError(f"--data {self.name}={root}: no annotations/*.json file ({self.layout})")
+        entries = [read_entries(f, {"image": str, "caption": (str, list)}) for f in files]
+        missing = [image_path(root, e) for es in entries for e in es if not image_path(root, e).is_file()]
+        if missing:
+            raise PelaBenchError(f"{root}: {len(missing)} image(s) listed but not found, e.g. {missing[0]}")
+        synthetic = read_marker(root) is not None
+        data = PretrainData(files, entries, load_tokenizer(root), schedule.text, img_size or 224)
+        audit = {"pairs": sum(len(es) for es in entries), "files": len(files)}
+        return TaskData(root, "synthetic" if synthetic else "real", data, audit)
+
+    def check_data(self, data: TaskData, progress: bool = True) -> dict[str, int]:
+        paths = sorted({image_path(data.root, e) for es in data.content.entries for e in es})
+        return {"images": check_files(paths, "checking pre-training images", progress)}
+
+    def objective(self) -> ModelObjective:
+        return ModelObjective("vlp")
+
+    def train_split(self, data: TaskData) -> Dataset:
+        d: PretrainData = data.content
+        transform = image_transforms(d.img_size, data.provenance == "synthetic", train=True)
+        return ConcatDataset([CaptionPairs(data.root, es, d.tokenizer, transform, d.text, mlm=True)
+                              for es in d.entries])
+
+    def backbone_overrides(self, data: TaskData) -> dict[str, Any]:
+        return {"vocab_size": len(data.content.tokenizer)}
