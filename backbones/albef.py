@@ -31,7 +31,7 @@ import copy
 import math
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Iterator, Mapping
 
@@ -177,6 +177,7 @@ class TextTransformer(nn.Module):
         self.embed = TextEmbeddings(cfg)
         self.layers = nn.ModuleList(TextLayer(cfg, image_width, fusion=i >= cfg.fusion_start)
                                     for i in range(cfg.depth))
+        self.apply(bert_init)
 
     def run(self, x: torch.Tensor, mask: torch.Tensor | None, layers: range, image: torch.Tensor | None = None,
             image_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -186,6 +187,15 @@ class TextTransformer(nn.Module):
             x = self.layers[i](x, mask, image, image_mask)
             states.append(x)
         return states
+
+
+def bert_init(module: nn.Module) -> None:
+    """BERT's initialisation (normal, std 0.02): PyTorch's defaults are three times wider at these
+    widths, which leaves a from-scratch fusion stack on a long plateau before matching starts."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
 
 
 class MLMHead(nn.Module):
@@ -203,7 +213,7 @@ class MLMHead(nn.Module):
 
 # -- the model ----------------------------------------------------------------------------------
 # The encoders and heads that have an EMA twin named `<name>_m`.
-_MOMENTUM_PAIRS = ("visual", "text", "vision_proj", "text_proj", "mlm_head")
+_MOMENTUM_PAIRS = ("visual", "text", "vision_proj", "text_proj", "mlm_head", "decoder", "decoder_head")
 
 
 class AlbefBackbone(Backbone):
@@ -221,7 +231,12 @@ class AlbefBackbone(Backbone):
         self.text_proj = nn.Linear(t.width, cfg.embed_dim)
         self.itm_head = nn.Linear(t.width, 2)
         self.mlm_head = MLMHead(t) if cfg.mlm else None
+        for head in (self.vision_proj, self.text_proj, self.itm_head, self.mlm_head):
+            if head is not None:
+                head.apply(bert_init)
         self.temp = nn.Parameter(torch.tensor(cfg.temp))
+        self.decoder: TextTransformer | None = None  # VQA only (`attach_answer_decoder`)
+        self.decoder_head: MLMHead | None = None
         for name in _MOMENTUM_PAIRS:
             module = getattr(self, name)
             setattr(self, f"{name}_m", copy.deepcopy(module) if module is not None else None)
@@ -242,6 +257,10 @@ class AlbefBackbone(Backbone):
         for _, twin in self.momentum_pairs():
             yield from twin.parameters()
 
+    def ema_parameters(self) -> set[str]:
+        return {f"{n}_m.{p}" for n in _MOMENTUM_PAIRS if getattr(self, n) is not None
+                for p, _ in getattr(self, f"{n}_m").named_parameters()}
+
     def requires_grad_(self, requires_grad: bool = True) -> "AlbefBackbone":
         """As `nn.Module.requires_grad_`, except that the momentum copies never train (they follow by EMA)."""
         super().requires_grad_(requires_grad)
@@ -253,8 +272,10 @@ class AlbefBackbone(Backbone):
     def momentum_update(self) -> None:
         m = self.cfg.momentum
         for online, twin in self.momentum_pairs():
-            for p, p_m in zip(online.parameters(), twin.parameters()):
-                p_m.mul_(m).add_(p.detach(), alpha=1 - m)
+            # By name: a method may add parameters (adapters) to both sides, in any order.
+            twin_params = dict(twin.named_parameters())
+            for name, p in online.named_parameters():
+                twin_params[name].mul_(m).add_(p.detach(), alpha=1 - m)
 
     @torch.no_grad()
     def _enqueue(self, image_feat: torch.Tensor, text_feat: torch.Tensor, idx: torch.Tensor) -> None:
@@ -345,23 +366,27 @@ class AlbefBackbone(Backbone):
         image_tokens = self.encode_image(image)
         text_states = self.encode_text(ids, mask)
         image_feat, text_feat = self.image_feat(image_tokens), self.text_feat(text_states)
-        itc, sim_i2t, sim_t2i, pos = self._contrastive(image, ids, mask, image_feat, text_feat, idx, alpha)
+        with torch.no_grad():
+            if self.training:  # the EMA and the queue move only while training
+                self.momentum_update()
+            image_tokens_m = self.encode_image(image, momentum=True)
+        itc, sim_i2t, sim_t2i, pos = self._contrastive(image_tokens_m, ids, mask, image_feat, text_feat, idx, alpha)
         terms = {"itc": itc, "itm": self._matching(image_tokens, text_states, mask, sim_i2t, sim_t2i, pos)}
         if kind == "vlp":
-            terms["mlm"] = self._masked_language(batch, image, image_tokens, alpha)
+            terms["mlm"] = self._masked_language(batch, image_tokens, image_tokens_m, alpha)
         return terms
 
-    def _contrastive(self, image, ids, mask, image_feat, text_feat, idx, alpha):
-        b = image.shape[0]
+    def _contrastive(self, image_tokens_m, ids, mask, image_feat, text_feat, idx, alpha):
+        b = ids.shape[0]
+        device = ids.device
         with torch.no_grad():
-            self.momentum_update()
-            image_feat_m = self.image_feat(self.encode_image(image, momentum=True), momentum=True)
+            image_feat_m = self.image_feat(image_tokens_m, momentum=True)
             text_feat_m = self.text_feat(self.encode_text(ids, mask, momentum=True), momentum=True)
             image_all = torch.cat([image_feat_m.T, self.image_queue.clone()], dim=1)
             text_all = torch.cat([text_feat_m.T, self.text_queue.clone()], dim=1)
             if idx is None:  # pairs without image ids (pre-training captions): each is its own only positive
-                pos = torch.eye(b, text_all.shape[1], device=image.device)
-                idx = torch.full((b,), NO_ID, dtype=torch.long, device=image.device)
+                pos = torch.eye(b, text_all.shape[1], device=device)
+                idx = torch.full((b,), NO_ID, dtype=torch.long, device=device)
             else:
                 pos = (idx[:, None] == torch.cat([idx[None], self.idx_queue.clone()], dim=1)).float()
             targets = pos / pos.sum(dim=1, keepdim=True)
@@ -394,14 +419,13 @@ class AlbefBackbone(Backbone):
         labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(logits.device)
         return F.cross_entropy(logits, labels)
 
-    def _masked_language(self, batch, image, image_tokens, alpha) -> torch.Tensor:
+    def _masked_language(self, batch, image_tokens, image_tokens_m, alpha) -> torch.Tensor:
         if self.mlm_head is None:
             raise PelaBenchError(f"{self.info.name} was built without its masked-language head (mlm=False)")
         ids, labels, mask = batch["mlm_ids"], batch["mlm_labels"], batch["text_mask"]
         logits = self.mlm_head(self.encode_multimodal(ids, mask, image_tokens), self.text.embed.word.weight)
         with torch.no_grad():
-            tokens_m = self.encode_image(image, momentum=True)
-            logits_m = self.mlm_head_m(self.encode_multimodal(ids, mask, tokens_m, momentum=True),
+            logits_m = self.mlm_head_m(self.encode_multimodal(ids, mask, image_tokens_m, momentum=True),
                                        self.text_m.embed.word.weight)
         picked = labels != IGNORE_INDEX
         if not picked.any():
@@ -438,6 +462,35 @@ class AlbefBackbone(Backbone):
     def drop_mlm_head(self) -> "AlbefBackbone":
         """The retrieval model: the masked-language heads (online and momentum) removed, in place."""
         self.mlm_head = self.mlm_head_m = None
+        return self
+
+    def attach_answer_decoder(self) -> "AlbefBackbone":
+        """The VQA model's structure, in place (ALBEF's `text_decoder`, Table 5's 581 M / 259 M).
+
+        A decoder as deep as the fusion stack, every layer cross-attending to the encoder's
+        states, plus its prediction head, with momentum copies. As ALBEF's VQA script does,
+        decoder layer i starts from encoder layer ``fusion_start + i`` and the embeddings and
+        head from the encoder's; the contrastive projections, the ITM head and the queues go.
+        """
+        t = self.cfg.text
+        cfg = replace(t, depth=t.depth - t.fusion_start, fusion_start=0)
+        decoder = TextTransformer(cfg, t.width).to(self.text.embed.word.weight.device)
+        decoder.embed.load_state_dict(self.text.embed.state_dict())
+        for i, layer in enumerate(decoder.layers):
+            own = layer.state_dict()
+            # Cross-attention keys read the question (text width), not the image: copied when the widths agree.
+            src = {k: v for k, v in self.text.layers[t.fusion_start + i].state_dict().items()
+                   if v.shape == own[k].shape}
+            layer.load_state_dict(src, strict=False)
+        head = copy.deepcopy(self.mlm_head) if self.mlm_head is not None else MLMHead(cfg)
+        self.decoder, self.decoder_head = decoder, head
+        self.decoder_m, self.decoder_head_m = copy.deepcopy(decoder), copy.deepcopy(head)
+        for twin in (self.decoder_m, self.decoder_head_m):
+            twin.requires_grad_(False)
+        self.vision_proj = self.text_proj = self.vision_proj_m = self.text_proj_m = self.itm_head = None
+        self.mlm_head = self.mlm_head_m = None
+        for name in ("image_queue", "text_queue", "idx_queue"):
+            delattr(self, name)
         return self
 
     def adapt_state_dict(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -505,7 +558,7 @@ def official_key(key: str) -> str | None:
 # -- presets ----------------------------------------------------------------------------------------
 # The official PELA code keeps full-rank every linear layer named like the projections
 # or the MLM head (`_proj`, `cls`), and (`lowrank_min_out`) every one with under 10 outputs.
-_ALBEF_OMIT = ("vision_proj*", "text_proj*", "mlm_head*")
+_ALBEF_OMIT = ("vision_proj*", "text_proj*", "mlm_head*", "decoder_head*")
 _ADAPTER_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "self_attn.q", "self_attn.k", "self_attn.v",
                     "self_attn.out", "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.out", "fc1", "fc2")
 
@@ -513,7 +566,7 @@ _ADAPTER_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "self_attn.q"
 def albef_info(name: str, cfg: AlbefConfig) -> BackboneInfo:
     return BackboneInfo(
         name=name, family="albef", embed_dims=(cfg.image_width,), depth=cfg.image_depth, img_size=cfg.img_size,
-        num_classes=0, paper_ratio=3.0, lowrank_omit=_ALBEF_OMIT, lowrank_min_out=10,
+        num_classes=0, paper_ratio=3.0, lowrank_omit=_ALBEF_OMIT, lowrank_min_out=10, distill_weight=0.1,
         pretrain_task="vlp", adapter_targets=_ADAPTER_TARGETS, classifier=(),
         feature_groups=("image", "text", "fusion"),
     )

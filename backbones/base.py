@@ -40,6 +40,8 @@ class BackboneInfo:
     paper_ratio: float
     lowrank_omit: tuple[str, ...] = field(default_factory=tuple)
     lowrank_min_out: int = 0  # linear layers with fewer outputs stay full-rank (ALBEF's ITM head)
+    # PELA's feature-distillation weight (its `alpha`) in the official code for this family.
+    distill_weight: float = 1.0
     hub_name: str | None = None
     # The task whose objective trains the teacher and pre-trains every student.
     pretrain_task: str = "cls"
@@ -194,6 +196,10 @@ class Backbone(nn.Module):
         if self.pyramid_neck is None:
             raise PelaBenchError(f"{self.info.name}: forward_pyramid needs attach_pyramid() first (dense heads call it)")
         return list(self.pyramid_neck(self._pyramid_features(x)))
+
+    def ema_parameters(self) -> set[str]:
+        """Names of parameters that follow others by EMA and never train (ALBEF's momentum copies)."""
+        return set()
 
     def adapt_state_dict(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A checkpoint in a foreign layout (an official release's names) in this model's names."""

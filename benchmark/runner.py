@@ -177,8 +177,13 @@ class SuiteRunner:
                 objective = task.objective()
                 log.info("teacher: training %s on %s for %s epochs", cfg.backbone, task.name, sched.epochs)
                 start = time.time()
-                history = self._train(model, lambda b: {"loss": objective.loss(objective.forward(model, b), b)},
-                                      sched, folder, f"teacher {cfg.backbone}")
+                def loss(b: Any) -> dict[str, torch.Tensor]:
+                    output = objective.forward(model, b)
+                    # An objective made of named terms (ALBEF's itc, itm, mlm) logs each of them.
+                    named = {k: v.detach() for k, v in output.items()} if isinstance(output, dict) else {}
+                    return {"loss": objective.loss(output, b), **named}
+
+                history = self._train(model, loss, sched, folder, f"teacher {cfg.backbone}")
                 atomic_save_torch(model.state_dict(), folder / "model.pt")
                 return {"history": history, "seconds": time.time() - start}
 

@@ -21,9 +21,9 @@ from methods.lowrank import matches_any
 
 
 def adapter_targets(backbone: nn.Module) -> list[str]:
-    """Names (inside `backbone.model`) of the linear layers matching `info.adapter_targets`."""
+    """Names (inside the backbone) of the linear layers matching `info.adapter_targets`."""
     patterns = backbone.info.adapter_targets
-    return [n for n, m in backbone.model.named_modules() if isinstance(m, nn.Linear) and matches_any(n, patterns)]
+    return [n for n, m in backbone.named_modules() if isinstance(m, nn.Linear) and matches_any(n, patterns)]
 
 
 @dataclass
@@ -62,8 +62,13 @@ class Lora(Method):
         pattern = "^(" + "|".join(re.escape(t) for t in targets) + ")$"
         config = LoraConfig(r=opts.rank, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
                             target_modules=pattern, bias="none")
-        inject_adapter_in_model(config, student.model)
-        heads = tuple(f"model.{c}." for c in teacher.info.classifier)
+        inject_adapter_in_model(config, student)
+        heads = teacher.info.classifier
+        # EMA copies (ALBEF's momentum encoders) carry adapters too, so they keep following the
+        # whole online model, but never train.
+        ema = student.ema_parameters()
         for name, p in student.named_parameters():
-            p.requires_grad_("lora_" in name or (opts.train_head and name.startswith(heads)))
+            module = name.rpartition(".")[0]
+            wanted = "lora_" in name or (opts.train_head and bool(heads) and matches_any(module, heads))
+            p.requires_grad_(wanted and name not in ema)
         return student

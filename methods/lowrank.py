@@ -81,6 +81,7 @@ class LowRankLinear(nn.Module):
         # Built on the meta device and then given storage: the default init would be overwritten anyway.
         layer = cls(linear.in_features, linear.out_features, rank, bias=linear.bias is not None,
                     device="meta", dtype=w.dtype).to_empty(device=w.device)
+        layer.requires_grad_(w.requires_grad)  # a frozen layer (an EMA copy) stays frozen
         if w.device.type == "meta":
             return layer
         p, s, qh = truncated_svd(w, rank, solver)

@@ -34,7 +34,9 @@ RWP_FORMS = ("squared", "linear")
 
 @dataclass
 class PelaOptions(MethodOptions):
-    alpha: float = 1.0  # feature distillation weight (official DeiT script: 1.0)
+    # Feature-distillation weight; None: the backbone's preset (`info.distill_weight`), the
+    # official code's choice for that family (DeiT 1.0, ALBEF 0.1).
+    alpha: float | None = None
     beta: float = 1.0  # weight-perturbation weight
     epsilon: float = 1e-3  # perturbation radius (official default)
     rwp_form: str = "squared"
@@ -44,7 +46,7 @@ class PelaOptions(MethodOptions):
         if self.rwp_form not in RWP_FORMS:
             raise PelaBenchError(f"pela option rwp_form={self.rwp_form!r}; choose one of {RWP_FORMS}")
         for name in ("alpha", "beta", "epsilon"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise PelaBenchError(f"pela option {name} must be >= 0, got {getattr(self, name)}")
 
 
@@ -99,12 +101,14 @@ class Pela(Method):
         return factorize(frozen_copy(teacher), ratio=self.options.ratio, omit=self.options.keep_full_rank)
 
     def table_fields(self) -> dict[str, bool]:
-        return {"fd": self.trains and self.options.alpha > 0, "rwp": self.trains and self.options.beta > 0}
+        alpha = self.options.alpha
+        return {"fd": self.trains and (alpha is None or alpha > 0), "rwp": self.trains and self.options.beta > 0}
 
     def loss(self, student: nn.Module, teacher: nn.Module, batch: Batch, base: Objective) -> dict[str, torch.Tensor]:
         opts: PelaOptions = self.options
+        alpha = opts.alpha if opts.alpha is not None else student.info.distill_weight
         terms: dict[str, torch.Tensor] = {}
-        if opts.alpha > 0:
+        if alpha > 0:
             output, s_feats, t_feats = forward_with_features(student, teacher, batch, base)
             fd = feature_distillation(s_feats, t_feats)
         else:
@@ -114,7 +118,7 @@ class Pela(Method):
         total = base_loss
         terms["base"] = base_loss.detach()
         if fd is not None:
-            total = total + opts.alpha * fd
+            total = total + alpha * fd
             terms["fd"] = fd.detach()
         if opts.beta > 0:
             rwp = weight_perturbation(student, teacher, opts.epsilon, opts.rwp_form)

@@ -14,6 +14,7 @@ pre-training task in `BackboneInfo.pretrain_task`).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -174,6 +175,14 @@ class Task:
 
     def table_note(self, rows: list[dict[str, Any]]) -> str:
         return ""
+
+
+def trainable_copy(student: nn.Module) -> nn.Module:
+    """A copy of a student for one fine-tune, every weight trainable (every method's student is
+    fine-tuned whole downstream, as in the paper). A copy, so heads and necks added for one task
+    never leak into the student other tasks see. Through `requires_grad_`, so a backbone's EMA
+    copies stay frozen."""
+    return copy.deepcopy(student).train().requires_grad_(True)
 
 
 def check_files(paths: list[Path], desc: str, progress: bool = True) -> int:

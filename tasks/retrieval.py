@@ -13,7 +13,6 @@ Data root: ``*_train.json`` (one entry per caption: ``{"image", "caption", "imag
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,9 +23,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from common.errors import PelaBenchError
-from tasks.base import Metric, RunContext, Task, TaskData, TaskResult, check_files, register_task
+from tasks.base import Metric, RunContext, Task, TaskData, TaskResult, check_files, register_task, trainable_copy
 from tasks.synthetic import WorldConfig, read_marker
-from tasks.synthetic_vl import write_retrieval
+from tasks.synthetic_vl import caption_world, write_retrieval
 from tasks.text import Tokenizer
 from tasks.vl_data import (CaptionPairs, Images, TextSettings, encode_text, find_json, image_path, image_transforms,
                            load_tokenizer, read_entries)
@@ -76,11 +75,6 @@ def retrieval_metrics(i2t: torch.Tensor, t2i: torch.Tensor, img2txt: list[list[i
     return out
 
 
-def trainable_copy(student: nn.Module) -> nn.Module:
-    """The fine-tuned model starts as a copy: the student itself stays as pre-training left it."""
-    return copy.deepcopy(student).requires_grad_(True)
-
-
 @register_task
 class RetrievalTask(Task):
     name = "retrieval"
@@ -95,8 +89,8 @@ class RetrievalTask(Task):
         "tiny": RetrievalSchedule(epochs=1, lr=1e-3, batch_size=16, k_test=4, eval_batch_size=32,
                                   text=TextSettings(max_tokens=20), synthetic_train=32, synthetic_test=16,
                                   latency_repeats=3),
-        "smoke": RetrievalSchedule(epochs=4, lr=5e-4, batch_size=32, k_test=16, warmup_epochs=0.5,
-                                   text=TextSettings(max_tokens=20), synthetic_train=400, synthetic_test=100),
+        "smoke": RetrievalSchedule(epochs=3, lr=5e-4, batch_size=32, k_test=16, warmup_epochs=0.5,
+                                   text=TextSettings(max_tokens=20), synthetic_train=300, synthetic_test=200),
         # ALBEF's Flickr30K fine-tune: 10 epochs at 1e-5, batch 32, k_test 128.
         "paper": RetrievalSchedule(epochs=10, lr=1e-5, batch_size=32, k_test=128, synthetic_train=5000,
                                    synthetic_test=1000),
@@ -107,11 +101,12 @@ class RetrievalTask(Task):
 
     # -- data ---------------------------------------------------------------------------------
     def synthetic_spec(self, schedule: RetrievalSchedule, img_size: int | None) -> dict[str, Any]:
-        return {"n_train": schedule.synthetic_train, "n_test": schedule.synthetic_test, "img_size": img_size or 64}
+        return {"n_train": schedule.synthetic_train, "n_test": schedule.synthetic_test,
+                "world": asdict(caption_world(img_size or 64))}
 
     def write_synthetic(self, root: Path, spec: dict[str, Any], seed: int, progress: bool) -> None:
         write_retrieval(root, seed=seed, n_train=spec["n_train"], n_val=spec["n_test"], n_test=spec["n_test"],
-                        world=WorldConfig(img_size=spec["img_size"]), progress=progress)
+                        world=WorldConfig.from_dict(spec["world"]), progress=progress)
 
     def check_root(self, root: Path) -> None:
         if not Path(root).is_dir():
@@ -173,7 +168,7 @@ class RetrievalTask(Task):
                           warmup_epochs=schedule.warmup_epochs, desc=f"retrieval fine-tune ({batch}/step)")
         seconds = time.time() - start
         metrics = self.evaluate(model, data, schedule, ctx.device, ctx.workers)
-        details = {"train_batch": batch, "schedule": asdict(schedule), "loss_terms": history[-1] if history else {},
+        details = {"train_batch": batch, "schedule": asdict(schedule), "work_dir": str(ctx.work_dir), "loss_terms": history[-1] if history else {},
                    "data_audit": data.audit}
         return TaskResult(metrics, model.eval(), seconds, details)
 

@@ -65,6 +65,11 @@ class WorldConfig:
     patterns: tuple[str, ...] = PATTERNS
     colours: tuple[str, ...] = tuple(COLOURS)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> "WorldConfig":
+        """The inverse of `asdict`, also after a JSON round trip (lists back to tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
 
 @dataclass
 class SceneObject:

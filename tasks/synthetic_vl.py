@@ -34,12 +34,12 @@ _SIZES = ("small", "large")
 _COUNTS = ("no", "one", "two", "three", "four")
 _TEMPLATES = (
     "a {size} {colour} {pattern} {shape} {where}",
-    "there is a {colour} {shape} {where} with {count} other shapes",
+    "there is a {colour} {shape} {where} with {others}",
     "{colour} {pattern} {shape}",
     "a picture of a {pattern} {shape} in {colour}",
     "the {shape} {where} is {colour} and {pattern}",
     "a {pattern} {colour} shape {where}",
-    "{count} small shapes next to a {size} {colour} {shape}",
+    "a {size} {colour} {shape} and {others}",
 )
 _FILLER = ("a", "picture", "of", "there", "is", "with", "other", "shapes", "shape", "the", "in", "and", "at", "on",
            "next", "to", "small", "large", "middle", "left", "right", "top", "bottom", "centre")
@@ -68,8 +68,10 @@ def describe(objects: list[SceneObject], world: WorldConfig, rng: np.random.Gene
     """Five different captions of a scene's subject (the first object)."""
     subject, others = objects[0], len(objects) - 1
     size = "large" if subject.radius / world.img_size > 0.5 * sum(world.subject_size) / 2 else "small"
+    count = _COUNTS[min(others, len(_COUNTS) - 1)]
     slots = {"size": size, "colour": subject.colour, "pattern": subject.pattern, "shape": subject.shape,
-             "where": _where(subject, world.img_size), "count": _COUNTS[min(others, len(_COUNTS) - 1)]}
+             "where": _where(subject, world.img_size),
+             "others": f"{count} other {'shape' if others == 1 else 'shapes'}"}
     picks = rng.choice(len(_TEMPLATES), size=CAPTIONS_PER_IMAGE, replace=False)
     return [_TEMPLATES[i].format(**slots) for i in picks]
 
@@ -97,9 +99,22 @@ def _finish(root: Path, task: str, seed: int, world: WorldConfig, counts: dict[s
     atomic_write_text(root / MARKER_FILE, json.dumps(marker, indent=2))  # last: a finished folder
 
 
-def write_pretraining(root: str | Path, *, seed: int = 0, n_train: int = 1000, world: WorldConfig = WorldConfig(),
+def caption_world(img_size: int = 64) -> WorldConfig:
+    """The world the vision-language tasks describe: a larger subject, at most one distractor,
+    less colour jitter and noise than the classification world.
+
+    A text and fusion stack trained from scratch (ALBEF starts from pre-trained BERT and
+    DeiT) sits on a plateau before image-text matching starts; on the classification
+    world it had not left it after 6 epochs of 2,000 pairs, on this one it leaves it after about 5.
+    """
+    return WorldConfig(img_size=img_size, subject_size=(0.45, 0.65), distractors=(0, 1), hue_jitter=20.0,
+                       noise_std=5.0)
+
+
+def write_pretraining(root: str | Path, *, seed: int = 0, n_train: int = 1000, world: WorldConfig | None = None,
                       progress: bool = True) -> Path:
     root = Path(root)
+    world = world or caption_world()
     entries = _scenes(root, "vlp-train", n_train, seed, world, progress)
     atomic_write_text(root / "annotations" / "vlp_train.json", json.dumps([{"image": e["image"], "caption": e["caption"]}
                                                            for e in entries]))
@@ -108,8 +123,9 @@ def write_pretraining(root: str | Path, *, seed: int = 0, n_train: int = 1000, w
 
 
 def write_retrieval(root: str | Path, *, seed: int = 0, n_train: int = 1000, n_val: int = 100, n_test: int = 100,
-                    world: WorldConfig = WorldConfig(), progress: bool = True) -> Path:
+                    world: WorldConfig | None = None, progress: bool = True) -> Path:
     root = Path(root)
+    world = world or caption_world()
     train = _scenes(root, "ret-train", n_train, seed, world, progress)
     per_caption = [{"image": e["image"], "caption": c, "image_id": e["image_id"]} for e in train for c in e["caption"]]
     atomic_write_text(root / "retrieval_train.json", json.dumps(per_caption))

@@ -9,7 +9,7 @@ ITC + ITM + MLM for ALBEF).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from common.errors import PelaBenchError
 from common.objective import ModelObjective
 from tasks.base import Task, TaskData, check_files, register_task
 from tasks.synthetic import WorldConfig, read_marker
-from tasks.synthetic_vl import write_pretraining
+from tasks.synthetic_vl import caption_world, write_pretraining
 from tasks.vl_data import (CaptionPairs, TextSettings, image_path, image_transforms, load_tokenizer,
                            read_entries)
 from tasks.text import Tokenizer
@@ -61,10 +61,10 @@ class VLPretraining(Task):
         check_vl_backbone(self.name, info)
 
     def synthetic_spec(self, schedule: PretrainSchedule, img_size: int | None) -> dict[str, Any]:
-        return {"n_train": schedule.synthetic_train, "img_size": img_size or 64}
+        return {"n_train": schedule.synthetic_train, "world": asdict(caption_world(img_size or 64))}
 
     def write_synthetic(self, root: Path, spec: dict[str, Any], seed: int, progress: bool) -> None:
-        write_pretraining(root, seed=seed, n_train=spec["n_train"], world=WorldConfig(img_size=spec["img_size"]),
+        write_pretraining(root, seed=seed, n_train=spec["n_train"], world=WorldConfig.from_dict(spec["world"]),
                           progress=progress)
 
     def check_root(self, root: Path) -> None:

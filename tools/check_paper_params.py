@@ -39,8 +39,9 @@ def main() -> int:
     w.writerows(rows)
     out = Path(a.out)
     atomic_write_text(out / "dense_params.csv", buf.getvalue())
-    md = ["# Dense models: parameters measured (random init) beside the paper's", "",
-          "Backbone + neck + heads, auxiliary head included; `python tools/check_paper_params.py`.", "",
+    md = ["# Task models: parameters measured (random init) beside the paper's", "",
+          "Tables 2-3: backbone + neck + heads, auxiliary head included. Tables 4-5: ALBEF's retrieval and VQA "
+          "models with their momentum copies. `python tools/check_paper_params.py`.", "",
           "| table | backbone | task | method | ratio | paper (M) | measured (M) | diff (M) | note |",
           "|---|---|---|---|---|---|---|---|---|"]
     md += [f"| {r['table']} | {r['backbone']} | {r['task']} | {r['method']} | {r['ratio']} | {r['paper_params_m']} "

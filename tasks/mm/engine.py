@@ -9,7 +9,6 @@ seed the same way.
 
 from __future__ import annotations
 
-import copy
 import importlib
 import logging
 import time
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from common.errors import PelaBenchError
-from tasks.base import Column, RunContext, Task, TaskData, TaskResult
+from tasks.base import Column, RunContext, Task, TaskData, TaskResult, trainable_copy
 
 log = logging.getLogger("pela_bench")
 
@@ -229,18 +228,6 @@ def init_weights_quietly(model: nn.Module) -> None:
         model.init_weights()
     finally:
         logger.setLevel(level)
-
-
-def trainable_copy(student: nn.Module) -> nn.Module:
-    """A copy of a student for one fine-tune, every weight trainable.
-
-    A copy, because the pyramid neck and the dropped classifier must not leak into
-    the student other tasks see; every method's student is fine-tuned whole downstream.
-    """
-    backbone = copy.deepcopy(student).train()
-    for p in backbone.parameters():
-        p.requires_grad_(True)
-    return backbone
 
 
 class MMTask(Task):

@@ -80,7 +80,7 @@ def test_unknown_options_are_refused_before_types():
 @pytest.mark.parametrize("method,options,label", [
     ("pela", {}, ""),
     ("pela", {"ratio": 2.0}, "ratio=2.0"),
-    ("pela", {"alpha": 1.0}, ""),  # set, but to the default
+    ("pela", {"beta": 1.0}, ""),  # set, but to the default
     ("pela", {"ratio": 2.0, "alpha": 0.5}, "alpha=0.5 ratio=2.0"),  # sorted by name
     ("pela", {"ratio": 2}, "ratio=2.0"),  # an integer for a float option is the same setting
     ("lora", {"train_head": False}, "train_head=false"),  # JSON, as --set reads it

@@ -16,7 +16,8 @@ from benchmark.efficiency import count_flops
 from common.errors import PelaBenchError
 from tasks import RunContext, TaskData, TaskResult
 from tasks.detection import DET_SCHEDULES, DetectionTask, audit_coco, load_det_data
-from tasks.mm.engine import MMInference, MMSchedule, MMTask, trainable_copy
+from tasks.base import trainable_copy
+from tasks.mm.engine import MMInference, MMSchedule, MMTask
 from tasks.segmentation import SEG_SCHEDULES, SegData, SegmentationTask, load_seg_data
 from tasks.synthetic import dense_world, write_detection, write_segmentation
 
