@@ -318,6 +318,8 @@ class SuiteRunner:
                                  latency_repeats=schedule.latency_repeats, threads=torch.get_num_threads(),
                                  device=str(self.device), **task.measure_options)
         efficiency["input_size"] = task.input_size(schedule, data)
+        if task.measure_scope:
+            efficiency["scope"] = task.measure_scope
         finetune = dict(res.details)
         if memory is not None:
             finetune.update(self.scaling.row_fields(task, memory))

@@ -127,8 +127,9 @@ def render_markdown(rows: list[dict[str, Any]], current_code: dict[str, Any] | N
         for (task, backbone, budget, seed), group in sorted(groups.items(), key=lambda kv: str(kv[0])):
             primary = group[0].get("primary_metric", "top1")
             eff = group[0].get("efficiency", {})
-            whole = ("; models with task heads counted whole (backbone + neck + heads)"
-                     if any("finetune" in r for r in group) else "")
+            scope = eff.get("scope") or ("models with task heads counted whole (backbone + neck + heads)"
+                                         if any("finetune" in r for r in group) else "")  # rows stored before `scope`
+            whole = f"; {scope}" if scope else ""
             size = f"; measured at {eff['input_size']} px" if eff.get("input_size") else ""
             out += [
                 f"### {task} · {backbone} · budget {budget} · seed {seed}",

@@ -99,6 +99,8 @@ class Task:
     layout: ClassVar[str] = ""  # the on-disk format `--data NAME=DIR` expects, for messages
     # Keyword arguments for `benchmark.efficiency.measure_all` (e.g. count FLOPs on real tensors).
     measure_options: ClassVar[dict[str, Any]] = {}
+    # What the efficiency columns cover, for the table heading ("" for the backbone alone).
+    measure_scope: ClassVar[str] = ""
 
     def check_backbone(self, info: Any) -> None:
         """Raise `PelaBenchError` if the task cannot run on a backbone (`BackboneInfo`), before any work."""
@@ -173,8 +175,6 @@ class Task:
         """The schedule in a few words for the log (`batch`: the one Table 9 chose instead of the schedule's)."""
         return ""
 
-    def table_note(self, rows: list[dict[str, Any]]) -> str:
-        return ""
 
 
 def trainable_copy(student: nn.Module) -> nn.Module:
@@ -210,7 +210,7 @@ def register_task(cls: type[Task]) -> type[Task]:
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no task name")
     # A task without metrics only pre-trains backbones (`vlp`); one with metrics ranks by one of them.
-    if cls.metrics and cls.primary_metric not in {m.name for m in cls.metrics}:
+    if (cls.metrics or cls.primary_metric) and cls.primary_metric not in {m.name for m in cls.metrics}:
         raise ValueError(f"task {cls.name!r}: primary_metric {cls.primary_metric!r} is not one of its metrics")
     # Only the class's own aliases: a task derived from another must not claim its parent's.
     cls.aliases = tuple(cls.__dict__.get("aliases", ()))

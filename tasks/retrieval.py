@@ -83,6 +83,8 @@ class RetrievalTask(Task):
                Metric("r_mean", "R mean"))
     primary_metric = "r_mean"
     fine_tunes = True
+    measure_scope = ("params: the retrieval model with its momentum copies, as the paper counts; GFLOPs and "
+                     "latency: scoring one image-caption pair (both encoders, fusion, ITM head)")
     layout = ("ALBEF retrieval JSON: <root>/*_train.json ({image, caption, image_id} per caption), "
               "<root>/*_test.json ({image, caption: [...]} per image), <root>/vocab.txt")
     schedules = {
@@ -101,12 +103,15 @@ class RetrievalTask(Task):
 
     # -- data ---------------------------------------------------------------------------------
     def synthetic_spec(self, schedule: RetrievalSchedule, img_size: int | None) -> dict[str, Any]:
-        return {"n_train": schedule.synthetic_train, "n_test": schedule.synthetic_test,
-                "world": asdict(caption_world(img_size or 64))}
+        size = img_size or 64
+        return {"n_train": schedule.synthetic_train, "n_val": schedule.synthetic_test, "img_size": size,
+                "world": asdict(caption_world(size))}
 
     def write_synthetic(self, root: Path, spec: dict[str, Any], seed: int, progress: bool) -> None:
-        write_retrieval(root, seed=seed, n_train=spec["n_train"], n_val=spec["n_test"], n_test=spec["n_test"],
-                        world=WorldConfig.from_dict(spec["world"]), progress=progress)
+        # Validation and test splits are the same size (`n_val`, as for every task's writer).
+        world = WorldConfig.from_dict({**spec["world"], "img_size": spec["img_size"]})
+        write_retrieval(root, seed=seed, n_train=spec["n_train"], n_val=spec["n_val"], n_test=spec["n_val"],
+                        world=world, progress=progress)
 
     def check_root(self, root: Path) -> None:
         if not Path(root).is_dir():

@@ -61,10 +61,11 @@ class VLPretraining(Task):
         check_vl_backbone(self.name, info)
 
     def synthetic_spec(self, schedule: PretrainSchedule, img_size: int | None) -> dict[str, Any]:
-        return {"n_train": schedule.synthetic_train, "world": asdict(caption_world(img_size or 64))}
+        size = img_size or 64
+        return {"n_train": schedule.synthetic_train, "img_size": size, "world": asdict(caption_world(size))}
 
     def write_synthetic(self, root: Path, spec: dict[str, Any], seed: int, progress: bool) -> None:
-        write_pretraining(root, seed=seed, n_train=spec["n_train"], world=WorldConfig.from_dict(spec["world"]),
+        write_pretraining(root, seed=seed, n_train=spec["n_train"], world=WorldConfig.from_dict({**spec["world"], "img_size": spec["img_size"]}),
                           progress=progress)
 
     def check_root(self, root: Path) -> None:

@@ -3,9 +3,12 @@
     python tools/make_data.py --task cls --out data/synthetic --train 3200 --val 800 --seed 0
     python tools/make_data.py --task seg --out data/synthetic-seg --train 2000 --val 500
     python tools/make_data.py --task det --out data/synthetic-det --train 2000 --val 500
+    python tools/make_data.py --task retrieval --out data/synthetic-retrieval --train 300 --val 200
+    python tools/make_data.py --task vlp --out data/synthetic-vlp --train 2000
 
 cls writes the ImageNet layout (64 px), seg the ADE20K layout and det the COCO
-layout (128 px). Unset sizes come from the task's schedule for --budget. Point
+layout (128 px), retrieval and vlp ALBEF's JSON files with captions (64 px; for
+retrieval --val sizes both the validation and the test split). Unset sizes come from the task's schedule for --budget. Point
 the suite at the result with --data TASK=DIR.
 """
 

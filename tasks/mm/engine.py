@@ -241,6 +241,7 @@ class MMTask(Task):
     sample_cls_path: ClassVar[str] = ""  # "module:Class" of the toolbox's data sample
     needs = ("pyramid",)
     fine_tunes = True
+    measure_scope = "models with task heads counted whole (backbone + neck + heads)"
     # Tables 2 and 3: the uncompressed model, PELA, plain SVD and the baselines (ToMe has no dense maps).
     paper_methods = ("dense", "svd", "pela", "lora", "pc_lora", "tinybert", "maskalign")
     columns = (Column("finetune.train_batch", "train batch"),

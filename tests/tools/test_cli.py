@@ -64,7 +64,7 @@ def cli(run_suite, monkeypatch, capsys):
         (["--teacher-weights", "/no/such/ckpt.pt"], "/no/such/ckpt.pt"),
         (["--ratio", "0.5"], "--ratio"),
         (["--set", "rwp_form=cubic"], "rwp_form"),
-        (["--methods", "pela", "--set", "alpha=abc"], "option alpha='abc': pela expects a number"),
+        (["--methods", "pela", "--set", "alpha=abc"], "option alpha='abc': pela expects a number or null"),
         (["--methods", "pela", "--set", "keep_full_rank=3"], "keep_full_rank"),
         (["--methods", "dense,svd", "--set", "alpha=1"], "apply to none of the methods"),
         (["--set", "alpha"], "--set 'alpha': expected KEY=VALUE"),
@@ -99,7 +99,7 @@ def test_mistyped_option_is_exactly_one_line_from_the_script(tmp_path):
     r = run_tool("run_suite.py", "--methods", "pela", "--set", "alpha=abc",
                  "--out", str(tmp_path / "o"), "--results", str(tmp_path / "r"))
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr.strip().splitlines() == ["error: option alpha='abc': pela expects a number"], r.stderr
+    assert r.stderr.strip().splitlines() == ["error: option alpha='abc': pela expects a number or null"], r.stderr
     assert not (tmp_path / "o").exists()
 
 
@@ -143,7 +143,7 @@ def test_list_with_an_imported_plugin_and_make_tables(tmp_path):
     r = run_tool("run_suite.py", "--import", str(plugin), "--list")
     assert r.returncode == 0, r.stderr
     assert "deit_micro" in r.stdout and "pela" in r.stdout and "plugin_identity" in r.stdout
-    assert "cls, det, seg" in r.stdout
+    assert "cls, det, retrieval, seg, vlp" in r.stdout
     r = run_tool("run_suite.py", "--list")
     assert r.returncode == 0 and "plugin_identity" not in r.stdout
     r = run_tool("make_tables.py", "--results", str(tmp_path))
