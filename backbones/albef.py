@@ -318,17 +318,16 @@ class AlbefBackbone(Backbone):
              momentum: bool = False) -> torch.Tensor:
         """The fusion layers on text-only states: multimodal states (B, L, width)."""
         text = self.text_m if momentum else self.text
-        image_mask = torch.ones(image_tokens.shape[:2], dtype=torch.long, device=image_tokens.device)
-        return text.run(text_states, mask, range(text.cfg.fusion_start, text.cfg.depth), image_tokens, image_mask)[-1]
+        # Every image token is attended to (ALBEF's image mask is all ones): no mask at all.
+        return text.run(text_states, mask, range(text.cfg.fusion_start, text.cfg.depth), image_tokens)[-1]
 
     def encode_multimodal(self, ids: torch.Tensor, mask: torch.Tensor, image_tokens: torch.Tensor,
                           momentum: bool = False) -> torch.Tensor:
         """All layers from the embeddings with the image (the masked-language pass)."""
         text = self.text_m if momentum else self.text
-        image_mask = torch.ones(image_tokens.shape[:2], dtype=torch.long, device=image_tokens.device)
         x = text.embed(ids)
         states = [x, *text.run(x, mask, range(text.cfg.fusion_start))]
-        states += text.run(states[-1], mask, range(text.cfg.fusion_start, text.cfg.depth), image_tokens, image_mask)
+        states += text.run(states[-1], mask, range(text.cfg.fusion_start, text.cfg.depth), image_tokens)
         if not momentum:
             self._tap("fusion", states)
         return states[-1]
