@@ -26,6 +26,13 @@ def adapter_targets(backbone: nn.Module) -> list[str]:
     return [n for n, m in backbone.named_modules() if isinstance(m, nn.Linear) and matches_any(n, patterns)]
 
 
+def in_module(param_name: str, patterns: tuple[str, ...]) -> bool:
+    """Whether a parameter lies inside a module matched by `patterns` (the module itself or an
+    ancestor: Swin's classifier ``head`` holds ``head.fc.weight``)."""
+    parts = param_name.split(".")[:-1]
+    return bool(patterns) and any(matches_any(".".join(parts[:i]), patterns) for i in range(1, len(parts) + 1))
+
+
 @dataclass
 class LoraOptions(MethodOptions):
     rank: int = 16
@@ -68,7 +75,6 @@ class Lora(Method):
         # whole online model, but never train.
         ema = student.ema_parameters()
         for name, p in student.named_parameters():
-            module = name.rpartition(".")[0]
-            wanted = "lora_" in name or (opts.train_head and bool(heads) and matches_any(module, heads))
+            wanted = "lora_" in name or (opts.train_head and in_module(name, heads))
             p.requires_grad_(wanted and name not in ema)
         return student

@@ -176,7 +176,6 @@ class Task:
         return ""
 
 
-
 def trainable_copy(student: nn.Module) -> nn.Module:
     """A copy of a student for one fine-tune, every weight trainable (every method's student is
     fine-tuned whole downstream, as in the paper). A copy, so heads and necks added for one task

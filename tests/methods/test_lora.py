@@ -85,6 +85,14 @@ def test_the_classifier_trains_only_with_train_head(teacher):
     assert all("lora_" in n for n, p in without.named_parameters() if p.requires_grad)
 
 
+def test_swin_classifier_inside_its_head_module_trains(swin_teacher):
+    # Swin's classifier is `head` and its weights sit one level down, in `head.fc`.
+    trainable = {n for n, p in create_method("lora", rank=2).build_student(swin_teacher).named_parameters()
+                 if p.requires_grad}
+    assert {"model.head.fc.weight", "model.head.fc.bias"} <= trainable
+    assert all("lora_" in n or n.startswith("model.head.") for n in trainable)
+
+
 def test_a_backbone_whose_targets_match_nothing_is_refused():
     b = create_backbone("deit_micro", num_classes=4)
     b.info = replace(b.info, name="toy_vit", adapter_targets=("nothing.here",))
