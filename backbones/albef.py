@@ -106,20 +106,27 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.heads, -1).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """`mask`: (B, N_context) with 1 for tokens to attend to."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None,
+                causal: bool = False) -> torch.Tensor:
+        """`mask`: (B, N_context) with 1 for tokens to attend to; `causal`: token i sees tokens <= i
+        (the answer decoder's self-attention)."""
         q, k, v = self._split(self.q(x)), self._split(self.k(context)), self._split(self.v(context))
         bias = None
         if mask is not None:
             bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
             bias = bias.masked_fill(mask == 0, torch.finfo(q.dtype).min)[:, None, None, :]
+        if causal:
+            n = q.shape[2]
+            future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
+            tri = torch.zeros(n, n, dtype=q.dtype, device=q.device).masked_fill(future, torch.finfo(q.dtype).min)
+            bias = tri[None, None] if bias is None else (bias + tri).clamp_min(torch.finfo(q.dtype).min)
         p = self.dropout if self.training else 0.0
         if self.keep_maps:
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
             if bias is not None:
                 scores = scores + bias
             probs = scores.softmax(dim=-1)
-            self.maps = probs
+            self.maps = probs  # Grad-CAM differentiates the ITM score with respect to these
             out = F.dropout(probs, p, self.training) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
@@ -141,8 +148,8 @@ class TextLayer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, image: torch.Tensor | None,
-                image_mask: torch.Tensor | None) -> torch.Tensor:
-        x = self.norm1(x + self.drop(self.self_attn(x, x, mask)))
+                image_mask: torch.Tensor | None, causal: bool = False) -> torch.Tensor:
+        x = self.norm1(x + self.drop(self.self_attn(x, x, mask, causal)))
         if self.cross_attn is not None:
             if image is None:
                 raise PelaBenchError("a fusion layer needs the image tokens")
@@ -188,11 +195,11 @@ class TextTransformer(nn.Module):
                                     for i in range(cfg.depth))
 
     def run(self, x: torch.Tensor, mask: torch.Tensor | None, layers: range, image: torch.Tensor | None = None,
-            image_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+            image_mask: torch.Tensor | None = None, causal: bool = False) -> list[torch.Tensor]:
         """The output of each layer in `layers`, starting from hidden states `x`."""
         states = []
         for i in layers:
-            x = self.layers[i](x, mask, image, image_mask)
+            x = self.layers[i](x, mask, image, image_mask, causal)
             states.append(x)
         return states
 
@@ -212,7 +219,7 @@ class MLMHead(nn.Module):
 
 # -- the model ----------------------------------------------------------------------------------
 # The encoders and heads that have an EMA twin named `<name>_m`.
-_MOMENTUM_PAIRS = ("visual", "text", "vision_proj", "text_proj", "mlm_head", "decoder", "decoder_head")
+_MOMENTUM_PAIRS = ("visual", "text", "vision_proj", "text_proj", "mlm_head", "decoder", "decoder_head", "cls_head")
 
 
 class AlbefBackbone(Backbone):
@@ -233,6 +240,7 @@ class AlbefBackbone(Backbone):
         self.temp = nn.Parameter(torch.tensor(cfg.temp))
         self.decoder: TextTransformer | None = None  # VQA only (`attach_answer_decoder`)
         self.decoder_head: MLMHead | None = None
+        self.cls_head: nn.Sequential | None = None  # SNLI-VE only (`attach_classifier`)
         for name in _MOMENTUM_PAIRS:
             module = getattr(self, name)
             setattr(self, f"{name}_m", copy.deepcopy(module) if module is not None else None)
@@ -350,9 +358,14 @@ class AlbefBackbone(Backbone):
 
     # -- objectives ------------------------------------------------------------------------------
     def objective_terms(self, kind: str, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Named loss terms of ALBEF's objective `kind`: "vlp" (ITC + ITM + MLM) or "itc_itm"."""
+        """Named loss terms of ALBEF's objective `kind`: "vlp" (ITC + ITM + MLM), "itc_itm"
+        (retrieval and grounding fine-tunes), "vqa" (answer generation) or "ve" (3-way classification)."""
+        if kind == "vqa":
+            return {"vqa": self._answer_loss(batch, self.cfg.alpha)}
+        if kind == "ve":
+            return {"ve": self._entailment_loss(batch, self.cfg.alpha)}
         if kind not in ("vlp", "itc_itm"):
-            raise PelaBenchError(f"ALBEF has no objective {kind!r}; it has 'vlp' and 'itc_itm'")
+            raise PelaBenchError(f"ALBEF has no objective {kind!r}; it has 'vlp', 'itc_itm', 'vqa' and 've'")
         image, ids, mask = batch["image"], batch["text_ids"], batch["text_mask"]
         idx = batch.get("image_id")
         alpha = self.cfg.alpha
@@ -430,6 +443,93 @@ class AlbefBackbone(Backbone):
         soft = -(log_p * logits_m[picked].softmax(dim=-1)).sum(dim=-1).mean()
         return (1 - alpha) * hard + alpha * soft
 
+    # -- VQA: the answer decoder (ALBEF's `text_decoder`) -----------------------------------------
+    def question_states(self, image: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
+                        momentum: bool = False) -> torch.Tensor:
+        """The question read with the image through every text and fusion layer (what the decoder attends to)."""
+        return self.encode_multimodal(text_ids, text_mask, self.encode_image(image, momentum), momentum)
+
+    def answer_logits(self, question: torch.Tensor, question_mask: torch.Tensor, answer_ids: torch.Tensor,
+                      answer_mask: torch.Tensor, momentum: bool = False) -> torch.Tensor:
+        """Next-token logits (N, L, vocab) of answers ``[CLS] words [SEP]``, each attending causally to
+        itself and fully to its question's states."""
+        if self.decoder is None:
+            raise PelaBenchError(f"{self.info.name} has no answer decoder: call attach_answer_decoder() first")
+        decoder = self.decoder_m if momentum else self.decoder
+        head = self.decoder_head_m if momentum else self.decoder_head
+        x = decoder.run(decoder.embed(answer_ids), answer_mask, range(len(decoder.layers)), question,
+                        question_mask, causal=True)[-1]
+        return head(x, decoder.embed.word.weight)
+
+    def _answer_loss(self, batch: Mapping[str, Any], alpha: float) -> torch.Tensor:
+        """ALBEF's VQA loss: each question's answers weighted by how many annotators gave them, the
+        decoder's token losses summed per answer, distilled from the momentum model (alpha), over the batch.
+
+        `answer_ids` / `answer_mask` are (B, A, L), `answer_weight` (B, A): A answer slots per question,
+        unused slots weighted 0 (they are not decoded at all)."""
+        ids, mask, weight = batch["answer_ids"], batch["answer_mask"], batch["answer_weight"]
+        b, slots = weight.shape
+        used = weight.flatten() > 0
+        owner = torch.arange(b, device=weight.device).repeat_interleave(slots)[used]
+        a_ids, a_mask, w = ids.flatten(0, 1)[used], mask.flatten(0, 1)[used], weight.flatten()[used]
+        q_mask = batch["text_mask"][owner]
+        question = self.question_states(batch["image"], batch["text_ids"], batch["text_mask"])[owner]
+        log_p = F.log_softmax(self.answer_logits(question, q_mask, a_ids, a_mask)[:, :-1], dim=-1)
+        targets, real = a_ids[:, 1:], a_mask[:, 1:] > 0
+        hard = -log_p.gather(-1, targets[..., None]).squeeze(-1)
+        with torch.no_grad():
+            if self.training:
+                self.momentum_update()
+            question_m = self.question_states(batch["image"], batch["text_ids"], batch["text_mask"], True)[owner]
+            soft_targets = self.answer_logits(question_m, q_mask, a_ids, a_mask, momentum=True)[:, :-1].softmax(-1)
+        soft = -(log_p * soft_targets).sum(-1)
+        per_answer = (((1 - alpha) * hard + alpha * soft) * real).sum(1)
+        return (w * per_answer).sum() / b
+
+    @torch.no_grad()
+    def rank_answers(self, image: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, answer_ids: torch.Tensor,
+                     answer_mask: torch.Tensor, k: int) -> torch.Tensor:
+        """Index into the candidate list (answer_ids: (C, L)) of each question's answer, as ALBEF ranks:
+        the `k` candidates whose first word is likeliest, re-scored by the likelihood of the whole answer."""
+        question = self.question_states(image, ids, mask)
+        n, c = question.shape[0], answer_ids.shape[0]
+        start = answer_ids[:1, :1].expand(n, 1)  # every answer starts with [CLS]
+        first = self.answer_logits(question, mask, start, torch.ones_like(start))[:, 0].softmax(-1)
+        k = max(1, min(k, c))
+        top = first[:, answer_ids[:, 1]].topk(k, dim=1).indices  # (n, k) candidate indices
+        rows = torch.arange(n, device=question.device).repeat_interleave(k)
+        cand, cand_mask = answer_ids[top.flatten()], answer_mask[top.flatten()]
+        log_p = F.log_softmax(self.answer_logits(question[rows], mask[rows], cand, cand_mask)[:, :-1], dim=-1)
+        token = log_p.gather(-1, cand[:, 1:, None]).squeeze(-1) * (cand_mask[:, 1:] > 0)
+        best = token.sum(1).view(n, k).argmax(1, keepdim=True)
+        return top.gather(1, best).squeeze(1)
+
+    # -- SNLI-VE: a classifier on the fused [CLS] ---------------------------------------------------
+    def classify(self, image: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
+                 momentum: bool = False) -> torch.Tensor:
+        if self.cls_head is None:
+            raise PelaBenchError(f"{self.info.name} has no classifier head: call attach_classifier() first")
+        head = self.cls_head_m if momentum else self.cls_head
+        return head(self.question_states(image, text_ids, text_mask, momentum)[:, 0])
+
+    def _entailment_loss(self, batch: Mapping[str, Any], alpha: float) -> torch.Tensor:
+        logits = self.classify(batch["image"], batch["text_ids"], batch["text_mask"])
+        hard = F.cross_entropy(logits, batch["label"])
+        with torch.no_grad():
+            if self.training:
+                self.momentum_update()
+            soft_targets = self.classify(batch["image"], batch["text_ids"], batch["text_mask"], True).softmax(-1)
+        soft = -(F.log_softmax(logits, dim=-1) * soft_targets).sum(-1).mean()
+        return (1 - alpha) * hard + alpha * soft
+
+    def fusion_cross_attention(self, index: int) -> Attention:
+        """The cross-attention module of fusion layer `index` (0 = the first layer that sees the image)."""
+        t = self.text.cfg
+        n = t.depth - t.fusion_start
+        if not 0 <= index < n:
+            raise PelaBenchError(f"{self.info.name} has {n} fusion layers; there is no fusion layer {index}")
+        return self.text.layers[t.fusion_start + index].cross_attn
+
     # -- the backbone contract ------------------------------------------------------------------
     @contextmanager
     def capture_features(self) -> Iterator[dict[str, list[torch.Tensor]]]:
@@ -459,6 +559,14 @@ class AlbefBackbone(Backbone):
         self.mlm_head = self.mlm_head_m = None
         return self
 
+    def _drop_contrastive(self) -> None:
+        """Remove what only pre-training and retrieval use: projections, ITM head, queues, MLM heads."""
+        self.vision_proj = self.text_proj = self.vision_proj_m = self.text_proj_m = self.itm_head = None
+        self.mlm_head = self.mlm_head_m = None
+        for name in ("image_queue", "text_queue", "idx_queue"):
+            if hasattr(self, name):
+                delattr(self, name)
+
     def attach_answer_decoder(self) -> "AlbefBackbone":
         """The VQA model's structure, in place (ALBEF's `text_decoder`, Table 5's 581 M / 259 M).
 
@@ -466,26 +574,38 @@ class AlbefBackbone(Backbone):
         states, plus its prediction head, with momentum copies. As ALBEF's VQA script does,
         decoder layer i starts from encoder layer ``fusion_start + i`` and the embeddings and
         head from the encoder's; the contrastive projections, the ITM head and the queues go.
+        The layers are copies of the model's own, so a compressed student (factorised, with
+        adapters) gets a decoder compressed the same way.
         """
         t = self.cfg.text
         cfg = replace(t, depth=t.depth - t.fusion_start, fusion_start=0)
-        decoder = TextTransformer(cfg, t.width).to(self.text.embed.word.weight.device)
-        decoder.embed.load_state_dict(self.text.embed.state_dict())
-        for i, layer in enumerate(decoder.layers):
-            own = layer.state_dict()
-            # Cross-attention keys read the question (text width), not the image: copied when the widths agree.
-            src = {k: v for k, v in self.text.layers[t.fusion_start + i].state_dict().items()
-                   if v.shape == own[k].shape}
-            layer.load_state_dict(src, strict=False)
+        with torch.device("meta"):  # the shell only: its layers are replaced below
+            decoder = TextTransformer(replace(cfg, depth=0), t.width)
+        decoder.cfg = cfg
+        decoder.embed = copy.deepcopy(self.text.embed)
+        layers = []
+        for i in range(cfg.depth):
+            layer = copy.deepcopy(self.text.layers[t.fusion_start + i])
+            if self.cfg.image_width != t.width:  # its keys read the question now, not the image
+                layer.cross_attn = Attention(t.width, t.heads, dropout=t.dropout).to(self.text.embed.word.weight.device)
+            layers.append(layer)
+        decoder.layers = nn.ModuleList(layers)
         head = copy.deepcopy(self.mlm_head) if self.mlm_head is not None else MLMHead(cfg)
         self.decoder, self.decoder_head = decoder, head
         self.decoder_m, self.decoder_head_m = copy.deepcopy(decoder), copy.deepcopy(head)
         for twin in (self.decoder_m, self.decoder_head_m):
             twin.requires_grad_(False)
-        self.vision_proj = self.text_proj = self.vision_proj_m = self.text_proj_m = self.itm_head = None
-        self.mlm_head = self.mlm_head_m = None
-        for name in ("image_queue", "text_queue", "idx_queue"):
-            delattr(self, name)
+        self._drop_contrastive()
+        return self
+
+    def attach_classifier(self, num_classes: int) -> "AlbefBackbone":
+        """SNLI-VE's model, in place: an MLP (width -> width -> `num_classes`) on the fused [CLS],
+        with its momentum copy, as ALBEF's `cls_head`; the contrastive and MLM parts go."""
+        w = self.cfg.text.width
+        device = self.text.embed.word.weight.device
+        self.cls_head = nn.Sequential(nn.Linear(w, w), nn.ReLU(), nn.Linear(w, num_classes)).to(device)
+        self.cls_head_m = copy.deepcopy(self.cls_head).requires_grad_(False)
+        self._drop_contrastive()
         return self
 
     def adapt_state_dict(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -553,7 +673,7 @@ def official_key(key: str) -> str | None:
 # -- presets ----------------------------------------------------------------------------------------
 # The official PELA code keeps full-rank every linear layer named like the projections
 # or the MLM head (`_proj`, `cls`), and (`lowrank_min_out`) every one with under 10 outputs.
-_ALBEF_OMIT = ("vision_proj*", "text_proj*", "mlm_head*", "decoder_head*")
+_ALBEF_OMIT = ("vision_proj*", "text_proj*", "mlm_head*", "decoder_head*", "cls_head*")
 _ADAPTER_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "self_attn.q", "self_attn.k", "self_attn.v",
                     "self_attn.out", "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.out", "fc1", "fc2")
 

@@ -200,6 +200,8 @@ def validate(cfg: SuiteConfig) -> None:
     if not cfg.tasks:
         raise PelaBenchError("--tasks is empty")
     tasks = [create_task(name) for name in cfg.tasks]
+    for task in tasks:
+        task.check_backbone(info)  # e.g. a vision-language task on an image-only backbone
     pretrain = create_task(info.pretrain_task)
     if pretrain.objective() is None:
         raise PelaBenchError(f"{cfg.backbone}'s pre-training task {pretrain.name!r} has no objective")

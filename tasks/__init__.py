@@ -7,7 +7,6 @@ classification-only use never pays for them.
 from __future__ import annotations
 
 from tasks.base import (
-    PLANNED_TASKS,
     Column,
     Metric,
     RunContext,
@@ -21,7 +20,8 @@ from tasks.base import (
 )
 
 # Import the task files so they register themselves.
-from tasks import classification, detection, retrieval, segmentation, vlp  # noqa: E402,F401
+from tasks import (classification, detection, entailment, grounding, retrieval, segmentation,  # noqa: E402,F401
+                   vlp, vqa)
 
-__all__ = ["Column", "Metric", "PLANNED_TASKS", "RunContext", "Task", "TaskData", "TaskResult",
+__all__ = ["Column", "Metric", "RunContext", "Task", "TaskData", "TaskResult",
            "canonical_task_name", "create_task", "list_tasks", "register_task"]

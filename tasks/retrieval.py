@@ -13,8 +13,7 @@ Data root: ``*_train.json`` (one entry per caption: ``{"image", "caption", "imag
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,26 +26,16 @@ from tasks.base import Metric, RunContext, Task, TaskData, TaskResult, check_fil
 from tasks.synthetic import WorldConfig, read_marker
 from tasks.synthetic_vl import caption_world, write_retrieval
 from tasks.text import Tokenizer
-from tasks.vl_data import (CaptionPairs, Images, TextSettings, encode_text, find_json, image_path, image_transforms,
-                           load_tokenizer, read_entries)
+from tasks.vl_data import (CaptionPairs, Images, TextSettings, VLSchedule, check_vocabulary, encode_text, find_json,
+                           fine_tune, image_path, image_transforms, load_tokenizer, random_text, read_entries)
 from tasks.vlp import check_vl_backbone
 
 RECALL_AT = (1, 5, 10)
 
 
 @dataclass(frozen=True)
-class RetrievalSchedule:
-    epochs: float
-    lr: float
-    batch_size: int
-    k_test: int  # candidates the ITM head re-ranks per query (0: contrastive similarity only)
-    weight_decay: float = 0.02
-    warmup_epochs: float = 1.0
-    eval_batch_size: int = 64
-    text: TextSettings = field(default_factory=TextSettings)
-    synthetic_train: int = 0
-    synthetic_test: int = 0
-    latency_repeats: int = 20
+class RetrievalSchedule(VLSchedule):
+    k_test: int = 0  # candidates the ITM head re-ranks per query (0: contrastive similarity only)
 
 
 @dataclass(frozen=True)
@@ -152,29 +141,12 @@ class RetrievalTask(Task):
         return CaptionPairs(data.root, d.train, d.tokenizer, transform, schedule.text, image_ids=image_ids)
 
     def run(self, student: nn.Module, data: TaskData, schedule: RetrievalSchedule, ctx: RunContext) -> TaskResult:
-        if ctx.fit is None:
-            raise PelaBenchError("retrieval fine-tunes with the suite's trainer: RunContext.fit must be set")
-        vocab = data.content.tokenizer
-        if len(vocab) > student.text.embed.word.num_embeddings:
-            raise PelaBenchError(f"{vocab.source} has {len(vocab)} tokens but the model knows "
-                                 f"{student.text.embed.word.num_embeddings}: pre-training and retrieval data must "
-                                 "share one vocabulary")
+        check_vocabulary(student, data.content.tokenizer)
         model = trainable_copy(student).to(ctx.device)
         model.drop_mlm_head()  # the retrieval model (ALBEF's has no masked-language head)
-        start = time.time()
-
-        def loss(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-            terms = model.objective_terms("itc_itm", batch)
-            return {"loss": torch.stack(list(terms.values())).sum(), **{k: v.detach() for k, v in terms.items()}}
-
-        batch = ctx.train_batch or schedule.batch_size
-        history = ctx.fit(model, loss, self.train_pairs(data, schedule), epochs=schedule.epochs, lr=schedule.lr,
-                          batch_size=batch, weight_decay=schedule.weight_decay,
-                          warmup_epochs=schedule.warmup_epochs, desc=f"retrieval fine-tune ({batch}/step)")
-        seconds = time.time() - start
+        details, seconds = fine_tune(model, "itc_itm", self.train_pairs(data, schedule), schedule, ctx, self.name)
         metrics = self.evaluate(model, data, schedule, ctx.device, ctx.workers)
-        details = {"train_batch": batch, "schedule": asdict(schedule), "work_dir": str(ctx.work_dir), "loss_terms": history[-1] if history else {},
-                   "data_audit": data.audit}
+        details.update(schedule=asdict(schedule), data_audit=data.audit)
         return TaskResult(metrics, model.eval(), seconds, details)
 
     @torch.no_grad()
@@ -227,8 +199,7 @@ class RetrievalTask(Task):
         size, length = data.content.img_size, schedule.text.max_tokens
         g = torch.Generator().manual_seed(0)
         return {"image": torch.randn(batch_size, 3, size, size, generator=g),
-                "text_ids": torch.randint(len(data.content.tokenizer), (batch_size, length), generator=g),
-                "text_mask": torch.ones(batch_size, length, dtype=torch.long)}
+                **random_text(batch_size, length, len(data.content.tokenizer), g)}
 
     def input_size(self, schedule: RetrievalSchedule, data: TaskData) -> int:
         return data.content.img_size

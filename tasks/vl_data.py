@@ -9,15 +9,18 @@ when the file is read; a malformed one is an error naming the file and the index
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from torch import nn
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from common.errors import PelaBenchError
+from tasks.base import RunContext
 from tasks.classification import load_rgb
 from tasks.synthetic import read_marker
 from tasks.text import BERT_VOCAB_SIZE, Tokenizer, mask_tokens, pre_caption
@@ -139,3 +142,65 @@ class Images(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {"image": self.transform(load_rgb(str(self.paths[index])))}
+
+
+@dataclass(frozen=True)
+class VLSchedule:
+    """What every vision-language fine-tune's schedule has; each task adds its own fields."""
+
+    epochs: float
+    lr: float
+    batch_size: int
+    weight_decay: float = 0.02
+    warmup_epochs: float = 1.0
+    eval_batch_size: int = 64
+    text: TextSettings = field(default_factory=TextSettings)
+    synthetic_train: int = 0  # scenes written for the embedded world
+    synthetic_test: int = 0
+    latency_repeats: int = 20
+
+
+def check_vocabulary(model: Any, tokenizer: Tokenizer) -> None:
+    """The task's text must use the vocabulary the model was pre-trained with (at most as many tokens)."""
+    known = model.text.embed.word.num_embeddings
+    if len(tokenizer) > known:
+        raise PelaBenchError(f"{tokenizer.source} has {len(tokenizer)} tokens but the model knows {known}: "
+                             "pre-training and task data must share one vocabulary")
+
+
+def fine_tune(model: Any, objective: str, dataset: Dataset, schedule: VLSchedule, ctx: RunContext, task: str
+              ) -> tuple[dict[str, Any], float]:
+    """Fine-tune `model` whole on its own objective `objective` with the suite's trainer (resumable).
+
+    Returns the row's fine-tune details (batch, last epoch's loss terms) and the seconds it took."""
+    if ctx.fit is None:
+        raise PelaBenchError(f"{task} fine-tunes with the suite's trainer: RunContext.fit must be set")
+
+    def loss(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        terms = model.objective_terms(objective, batch)
+        return {"loss": torch.stack(list(terms.values())).sum(), **{k: v.detach() for k, v in terms.items()}}
+
+    batch = ctx.train_batch or schedule.batch_size
+    start = time.time()
+    history = ctx.fit(model, loss, dataset, epochs=schedule.epochs, lr=schedule.lr, batch_size=batch,
+                      weight_decay=schedule.weight_decay, warmup_epochs=schedule.warmup_epochs,
+                      desc=f"{task} fine-tune ({batch}/step)")
+    details = {"train_batch": batch, "work_dir": str(ctx.work_dir), "loss_terms": history[-1] if history else {}}
+    return details, time.time() - start
+
+
+class Scorer(nn.Module):
+    """What a task's efficiency columns time and count: `fn(model, **inputs)` as a module's forward
+    (the parameters counted are the whole model's, momentum copies included, as the paper counts)."""
+
+    def __init__(self, model: nn.Module, fn: Callable[..., torch.Tensor]) -> None:
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.model, **inputs)
+
+
+def random_text(batch_size: int, length: int, vocab: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    return {"text_ids": torch.randint(vocab, (batch_size, length), generator=generator),
+            "text_mask": torch.ones(batch_size, length, dtype=torch.long)}

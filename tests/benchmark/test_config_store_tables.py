@@ -19,7 +19,7 @@ def test_default_config_is_valid():
     [
         ({"backbone": "vit_giant"}, "unknown backbone 'vit_giant'"),
         ({"methods": ("pela", "zip")}, "unknown method 'zip'"),
-        ({"tasks": ("vqa",)}, "not implemented yet"),
+        ({"tasks": ("vqa",)}, "task 'vqa' needs a vision-language backbone"),
         ({"ratio": 0.5}, "--ratio"),
         ({"budget": "huge"}, "--budget"),
         ({"data": {"cls": "/nonexistent/imagenet"}}, "--data cls=/nonexistent/imagenet does not exist"),

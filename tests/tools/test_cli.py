@@ -58,7 +58,7 @@ def cli(run_suite, monkeypatch, capsys):
     [
         (["--backbone", "deit_huge"], "unknown backbone 'deit_huge'"),
         (["--methods", "pela,nope"], "unknown method 'nope'"),
-        (["--tasks", "vqa"], "task 'vqa' is not implemented yet"),
+        (["--tasks", "vqa"], "task 'vqa' needs a vision-language backbone"),
         (["--data-root", "/no/such/imagenet"], "--data cls=/no/such/imagenet does not exist"),
         (["--data", "cls=/no/such/imagenet"], "--data cls=/no/such/imagenet does not exist"),
         (["--teacher-weights", "/no/such/ckpt.pt"], "/no/such/ckpt.pt"),

@@ -1,0 +1,165 @@
+"""Visual entailment (SNLI-VE in ALBEF's JSON), the paper's Table 6.
+
+Does the image entail, contradict, or leave open a sentence? ALBEF's model: the
+sentence read with the image through every text and fusion layer, and an MLP
+(width -> width -> 3) on the fused [CLS], trained with cross-entropy distilled
+from the momentum model (ALBEF's ``VE.yaml``: alpha 0.4). Metric: accuracy.
+
+Data root: ``*_train.json`` and ``*_test.json`` (``{"image", "sentence", "label"}``, the
+label one of ``entailment``, ``neutral``, ``contradiction``) and ``vocab.txt``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from common.errors import PelaBenchError
+from tasks.base import Metric, RunContext, Task, TaskData, TaskResult, check_files, register_task, trainable_copy
+from tasks.classification import load_rgb
+from tasks.synthetic import WorldConfig, read_marker
+from tasks.synthetic_vl import VE_LABELS, caption_world, write_entailment
+from tasks.text import Tokenizer
+from tasks.vl_data import (Scorer, VLSchedule, check_vocabulary, encode_text, find_json, fine_tune, image_path,
+                           image_transforms, load_tokenizer, random_text, read_entries)
+from tasks.vlp import check_vl_backbone
+
+
+@dataclass(frozen=True)
+class EntailmentData:
+    train: list[dict[str, Any]]
+    test: list[dict[str, Any]]
+    tokenizer: Tokenizer
+    img_size: int
+
+
+class Hypotheses(Dataset):
+    def __init__(self, root: Path, entries: list[dict[str, Any]], tokenizer: Tokenizer, transform: Any,
+                 schedule: VLSchedule) -> None:
+        self.root, self.entries, self.tokenizer, self.transform, self.schedule = root, entries, tokenizer, transform, schedule
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        e = self.entries[index]
+        return {"image": self.transform(load_rgb(str(image_path(self.root, e)))),
+                "label": VE_LABELS.index(e["label"]), **encode_text(self.tokenizer, e["sentence"], self.schedule.text)}
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    entries = read_entries(path, {"image": str, "sentence": str, "label": str})
+    for i, e in enumerate(entries):
+        if e["label"] not in VE_LABELS:
+            raise PelaBenchError(f"{path} entry {i}: label {e['label']!r} is not one of {', '.join(VE_LABELS)}")
+        if not e["sentence"].strip():
+            raise PelaBenchError(f"{path} entry {i}: an empty sentence")
+    return entries
+
+
+@register_task
+class EntailmentTask(Task):
+    name = "ve"
+    aliases = ("snli_ve", "entailment")
+    metrics = (Metric("ve_acc", "VE acc"),)
+    primary_metric = "ve_acc"
+    fine_tunes = True
+    measure_scope = ("params: the SNLI-VE model with its momentum copies, as the paper counts; GFLOPs and latency: "
+                     "classifying one image-sentence pair")
+    layout = ("ALBEF SNLI-VE JSON: <root>/*_train.json and <root>/*_test.json ({image, sentence, label} per pair, "
+              "label entailment/neutral/contradiction), <root>/vocab.txt")
+    schedules = {
+        "tiny": VLSchedule(epochs=1, lr=1e-3, batch_size=16, eval_batch_size=32, synthetic_train=16, synthetic_test=8,
+                           latency_repeats=3),
+        "smoke": VLSchedule(epochs=3, lr=5e-4, batch_size=32, warmup_epochs=0.5, synthetic_train=300,
+                            synthetic_test=150),
+        # ALBEF's SNLI-VE fine-tune: 5 epochs at 2e-5, batch 32 per GPU (x 8).
+        "paper": VLSchedule(epochs=5, lr=2e-5, batch_size=32, synthetic_train=5000, synthetic_test=1000),
+    }
+
+    def check_backbone(self, info: Any) -> None:
+        check_vl_backbone(self.name, info)
+
+    def synthetic_spec(self, schedule: VLSchedule, img_size: int | None) -> dict[str, Any]:
+        size = img_size or 64
+        return {"n_train": schedule.synthetic_train, "n_val": schedule.synthetic_test, "img_size": size,
+                "world": asdict(caption_world(size))}
+
+    def write_synthetic(self, root: Path, spec: dict[str, Any], seed: int, progress: bool) -> None:
+        world = WorldConfig.from_dict({**spec["world"], "img_size": spec["img_size"]})
+        write_entailment(root, seed=seed, n_train=spec["n_train"], n_test=spec["n_val"], world=world,
+                         progress=progress)
+
+    def check_root(self, root: Path) -> None:
+        if not Path(root).is_dir():
+            raise PelaBenchError(f"--data {self.name}={root} does not exist ({self.layout})")
+        find_json(Path(root), "_train.json")
+        find_json(Path(root), "_test.json")
+
+    def load(self, root: Path, schedule: VLSchedule, img_size: int | None) -> TaskData:
+        root = Path(root)
+        self.check_root(root)
+        train, test = _read(find_json(root, "_train.json")), _read(find_json(root, "_test.json"))
+        missing = sorted({str(image_path(root, e)) for e in (*train, *test) if not image_path(root, e).is_file()})
+        if missing:
+            raise PelaBenchError(f"{root}: {len(missing)} image(s) listed but not found, e.g. {missing[0]}")
+        data = EntailmentData(train, test, load_tokenizer(root), img_size or 384)
+        audit = {"train_pairs": len(train), "test_pairs": len(test),
+                 **{f"test_{label}": sum(e["label"] == label for e in test) for label in VE_LABELS}}
+        return TaskData(root, "real" if read_marker(root) is None else "synthetic", data, audit)
+
+    def check_data(self, data: TaskData, progress: bool = True) -> dict[str, int]:
+        d: EntailmentData = data.content
+        paths = sorted({image_path(data.root, e) for e in (*d.train, *d.test)})
+        return {"images": check_files(paths, "checking SNLI-VE images", progress)}
+
+    def backbone_overrides(self, data: TaskData) -> dict[str, Any]:
+        return {"vocab_size": len(data.content.tokenizer)}
+
+    def run(self, student: nn.Module, data: TaskData, schedule: VLSchedule, ctx: RunContext) -> TaskResult:
+        d: EntailmentData = data.content
+        check_vocabulary(student, d.tokenizer)
+        model = trainable_copy(student)
+        torch.manual_seed(ctx.seed)  # the new head's init must not depend on which stages ran before
+        model = model.attach_classifier(len(VE_LABELS)).to(ctx.device)
+        transform = image_transforms(d.img_size, data.provenance == "synthetic", train=True)
+        details, seconds = fine_tune(model, "ve", Hypotheses(data.root, d.train, d.tokenizer, transform, schedule),
+                                     schedule, ctx, self.name)
+        metrics = self.evaluate(model, data, schedule, ctx.device, ctx.workers)
+        details.update(schedule=asdict(schedule), data_audit=data.audit)
+        return TaskResult(metrics, model.eval(), seconds, details)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: TaskData, schedule: VLSchedule, device: torch.device,
+                 workers: int = 0) -> dict[str, float]:
+        d: EntailmentData = data.content
+        model.eval()
+        transform = image_transforms(d.img_size, data.provenance == "synthetic", train=False)
+        loader = DataLoader(Hypotheses(data.root, d.test, d.tokenizer, transform, schedule),
+                            batch_size=schedule.eval_batch_size, num_workers=workers)
+        right = 0
+        for b in loader:
+            logits = model.classify(b["image"].to(device), b["text_ids"].to(device), b["text_mask"].to(device))
+            right += int((logits.argmax(1).cpu() == b["label"]).sum())
+        return {"ve_acc": 100.0 * right / len(d.test)}
+
+    def measured_module(self, result: TaskResult) -> nn.Module:
+        return Scorer(result.model, lambda m, **inputs: m.classify(**inputs))
+
+    def example_inputs(self, data: TaskData, schedule: VLSchedule, model: nn.Module, batch_size: int
+                       ) -> dict[str, torch.Tensor]:
+        size = data.content.img_size
+        g = torch.Generator().manual_seed(0)
+        return {"image": torch.randn(batch_size, 3, size, size, generator=g),
+                **random_text(batch_size, schedule.text.max_tokens, len(data.content.tokenizer), g)}
+
+    def input_size(self, schedule: VLSchedule, data: TaskData) -> int:
+        return data.content.img_size
+
+    def describe_schedule(self, schedule: VLSchedule, batch: int | None = None) -> str:
+        return f"{schedule.epochs} epochs, batch {batch or schedule.batch_size}"
