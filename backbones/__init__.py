@@ -15,7 +15,7 @@ from backbones.timm_any import create_timm_backbone, is_timm_name
 from backbones.weights import load_into, read_state_dict
 
 # Import the families so their presets register themselves.
-from backbones import albef, swin, vit  # noqa: E402,F401
+from backbones import albef, clip, swin, vit  # noqa: E402,F401
 
 
 def create_backbone(name: str, weights: str | Path | None = None, **overrides) -> Backbone:

@@ -33,7 +33,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -296,22 +296,25 @@ class AlbefBackbone(Backbone):
         if self._taps is not None:
             self._taps[group].extend(states)
 
-    def _image_states(self, vit: VisionTransformer, image: torch.Tensor) -> list[torch.Tensor]:
-        """Patch embedding (with position and class token) and every block's output."""
-        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(image))))
-        states = [x]
-        for blk in vit.blocks:
-            x = blk(x)
-            states.append(x)
-        return states
-
     def encode_image(self, image: torch.Tensor, momentum: bool = False) -> torch.Tensor:
-        """Image tokens (B, 1 + patches, width), after the final norm."""
+        """Image tokens (B, 1 + patches, width), after the final norm.
+
+        Through timm's own `forward_features`, so a method that rewrites the ViT (ToMe merging
+        tokens) works here as it does on a classifier; hooks collect the patch embedding (the
+        first block's input) and every block's output for distillation."""
         vit = self.visual_m if momentum else self.visual
-        states = self._image_states(vit, image)
-        if not momentum:
-            self._tap("image", states)
-        return vit.norm(states[-1])
+        if momentum or self._taps is None:
+            return vit.forward_features(image)
+        states: list[torch.Tensor] = []
+        handles = [vit.blocks[0].register_forward_pre_hook(lambda _m, args: states.append(args[0]))]
+        handles += [blk.register_forward_hook(lambda _m, _i, out: states.append(out)) for blk in vit.blocks]
+        try:
+            tokens = vit.forward_features(image)
+        finally:
+            for h in handles:
+                h.remove()
+        self._tap("image", states)
+        return tokens
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor, momentum: bool = False) -> torch.Tensor:
         """Text-only hidden states (B, L, width) after the last text-only layer."""
@@ -344,7 +347,8 @@ class AlbefBackbone(Backbone):
         proj = self.vision_proj_m if momentum else self.vision_proj
         return F.normalize(proj(tokens[:, 0]), dim=-1)
 
-    def text_feat(self, states: torch.Tensor, momentum: bool = False) -> torch.Tensor:
+    def text_feat(self, states: torch.Tensor, mask: torch.Tensor | None = None, momentum: bool = False) -> torch.Tensor:
+        """The normalised projection of the [CLS] state (`mask` is unused: [CLS] is always first)."""
         proj = self.text_proj_m if momentum else self.text_proj
         return F.normalize(proj(states[:, 0]), dim=-1)
 
@@ -522,6 +526,9 @@ class AlbefBackbone(Backbone):
         soft = -(F.log_softmax(logits, dim=-1) * soft_targets).sum(-1).mean()
         return (1 - alpha) * hard + alpha * soft
 
+    def text_vocab_size(self) -> int:
+        return self.text.embed.word.num_embeddings
+
     def fusion_cross_attention(self, index: int) -> Attention:
         """The cross-attention module of fusion layer `index` (0 = the first layer that sees the image)."""
         t = self.text.cfg
@@ -550,6 +557,54 @@ class AlbefBackbone(Backbone):
 
     def blocks(self) -> list[nn.Module]:
         return list(self.visual.blocks)
+
+    def token_encoder(self) -> nn.Module:
+        """The image encoder, a plain timm ViT (ToMe merges its tokens; the fusion layers attend to fewer)."""
+        return self.visual
+
+    def stages(self) -> list[nn.Module]:
+        return [self.visual]  # the image encoder's blocks; `thin` also thins the text stacks
+
+    def attention_modules(self) -> list[nn.Module]:
+        """The image encoder's attention (timm's, with a fused qkv): what TinyBERT's attention loss reads."""
+        return [blk.attn for blk in self.visual.blocks]
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.visual.num_prefix_tokens)
+
+    def image_block_states(self, image: torch.Tensor) -> list[torch.Tensor]:
+        with self.capture_features() as groups:
+            self.encode_image(image)
+        return groups["image"][1:]  # the blocks' outputs, without the patch embedding
+
+    def forward_visible(self, image: torch.Tensor, keep_idx: torch.Tensor) -> list[torch.Tensor]:
+        """The image encoder's block outputs on the prefix tokens and the visible patches `keep_idx`."""
+        from backbones.vit import forward_visible
+
+        return forward_visible(self.visual, image, keep_idx)
+
+    def thin(self, select: Callable[[list[int]], list[list[int]]]) -> tuple[dict[str, list[int]], list[int]]:
+        """The image encoder, the text-only layers and the fusion layers each thinned by `select`, in place
+        (the momentum copies alike, so the EMA still pairs every weight); the first layer kept from
+        the fusion stack is the new `fusion_start`."""
+        t = self.cfg.text
+        # Each stack on its own: a rule for a hierarchy's stages (Swin's) must not spare a shallow stack here.
+        (keep_image,), (keep_text,), (keep_fusion,) = (select([n]) for n in (len(self.visual.blocks), t.fusion_start,
+                                                                                t.depth - t.fusion_start))
+        kept_layers = [*keep_text, *(t.fusion_start + i for i in keep_fusion)]
+        text_cfg = replace(t, depth=len(kept_layers), fusion_start=len(keep_text))
+        for vit in (self.visual, self.visual_m):
+            vit.blocks = nn.Sequential(*[vit.blocks[i] for i in keep_image])
+        for text in (self.text, self.text_m):
+            text.layers = nn.ModuleList(text.layers[i] for i in kept_layers)
+            text.cfg = text_cfg
+        self.cfg = replace(self.cfg, image_depth=len(keep_image), text=text_cfg)
+        self.info = replace(self.info, depth=len(keep_image))
+        # Each group's states start with the embedding (state 0), then one per kept layer.
+        maps = {"image": [0, *(1 + i for i in keep_image)], "text": [0, *(1 + i for i in keep_text)],
+                "fusion": [0, *(1 + i for i in kept_layers)]}
+        return maps, list(keep_image)
 
     def reset_classifier(self, num_classes: int) -> None:
         raise PelaBenchError(f"{self.info.name} has no classifier to reset")
@@ -683,7 +738,8 @@ def albef_info(name: str, cfg: AlbefConfig) -> BackboneInfo:
         name=name, family="albef", embed_dims=(cfg.image_width,), depth=cfg.image_depth, img_size=cfg.img_size,
         num_classes=0, paper_ratio=3.0, lowrank_omit=_ALBEF_OMIT, lowrank_min_out=10, distill_weight=0.1,
         pretrain_task="vlp", adapter_targets=_ADAPTER_TARGETS, classifier=(),
-        feature_groups=("image", "text", "fusion"),
+        feature_groups=("image", "text", "fusion"), token_merging=True, halvable_stages=True,
+        attention_scores=True, masking="drop",
     )
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -57,6 +57,9 @@ class BackboneInfo:
     # How a masked-image student sees an image: "drop" (only visible tokens enter the
     # encoder, a ViT) or "mask_token" (hidden patches replaced by a token, a Swin).
     masking: str | None = None
+    # How a vision-language backbone reads text: "vocab" (the data root's vocab.txt: BERT's
+    # WordPiece, or the synthetic world's words) or "clip_bpe" (open_clip's bundled BPE).
+    tokenizer: str = "vocab"
 
 
 class Backbone(nn.Module):
@@ -135,6 +138,28 @@ class Backbone(nn.Module):
     def block_stages(self) -> list[int]:
         """The stage index of every block, in block order."""
         return [s for s, stage in enumerate(self.stages()) for _ in stage.blocks]
+
+    def thin(self, select: Callable[[list[int]], list[list[int]]]) -> tuple[dict[str, list[int]], list[int]]:
+        """Keep, in place, the blocks `select` picks from each stage (given each stage's block count,
+        it returns the indices to keep), for a depth-reduced student.
+
+        Returns, per feature group, the teacher hidden state (index into the teacher's
+        `features` group) that each of the student's states copies and learns from, and the
+        teacher block behind each remaining block of `blocks()` (and `attention_modules()`)."""
+        stages = self.stages()
+        keeps = select([len(stage.blocks) for stage in stages])
+        layer_map, offset = [], 0
+        for stage, keep in zip(stages, keeps):
+            n = len(stage.blocks)
+            stage.blocks = nn.Sequential(*[stage.blocks[i] for i in keep])
+            layer_map += [offset + i for i in keep]
+            offset += n
+        self.info = replace(self.info, depth=len(layer_map))
+        return {"blocks": layer_map}, layer_map
+
+    def image_block_states(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """Every image-encoder block's output (what masked-image distillation aligns)."""
+        return self.features({"image": image})["blocks"]
 
     @contextmanager
     def capture_features(self) -> Iterator[dict[str, list[torch.Tensor]]]:

@@ -48,16 +48,7 @@ class ViTBackbone(Backbone):
 
     def forward_visible(self, image: torch.Tensor, keep_idx: torch.Tensor) -> list[torch.Tensor]:
         """Every block's output when only the prefix tokens and the patches `keep_idx` (B, K) enter."""
-        vit = self.model
-        x = vit._pos_embed(vit.patch_embed(image))
-        prefix = vit.num_prefix_tokens
-        patches = x[:, prefix:].gather(1, keep_idx[..., None].expand(-1, -1, x.shape[-1]))
-        x = vit.norm_pre(torch.cat([x[:, :prefix], patches], dim=1))
-        outputs = []
-        for blk in vit.blocks:
-            x = blk(x)
-            outputs.append(x)
-        return outputs
+        return forward_visible(self.model, image, keep_idx)
 
     @property
     def _patch(self) -> int:
@@ -160,3 +151,16 @@ def deit_micro(pretrained: bool = False, **overrides) -> ViTBackbone:
     kwargs.update(overrides)
     model = VisionTransformer(**kwargs)
     return ViTBackbone(model, vit_info("deit_micro", model, None, 2.0))
+
+
+def forward_visible(vit: nn.Module, image: torch.Tensor, keep_idx: torch.Tensor) -> list[torch.Tensor]:
+    """A timm ViT's block outputs when only its prefix tokens and the patches `keep_idx` (B, K) enter."""
+    x = vit._pos_embed(vit.patch_embed(image))
+    prefix = vit.num_prefix_tokens
+    patches = x[:, prefix:].gather(1, keep_idx[..., None].expand(-1, -1, x.shape[-1]))
+    x = vit.norm_pre(torch.cat([x[:, :prefix], patches], dim=1))
+    outputs = []
+    for blk in vit.blocks:
+        x = blk(x)
+        outputs.append(x)
+    return outputs

@@ -81,8 +81,10 @@ class SuiteRunner:
             if not task.metrics:
                 raise PelaBenchError(f"task {task.name!r} only pre-trains backbones; it has no rows of its own")
             task.check_backbone(self.info)
+            task.bind(self.info)
             self.tasks.setdefault(task.name, task)
         self.pretrain_task = create_task(self.info.pretrain_task)
+        self.pretrain_task.bind(self.info)
         self.data_roots = {canonical_task_name(k): v for k, v in cfg.data.items()}
         self.scaling = BatchScaling(self.device, cfg.seed)
         self._data: dict[str, TaskData] = {}

@@ -158,7 +158,7 @@ class MaskAlign(Method):
 
     def _mask_token_alignment(self, student: nn.Module, teacher: nn.Module, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            t_tokens = teacher.features({"image": images})["blocks"]
+            t_tokens = teacher.image_block_states(images)
         grid = t_tokens[0].shape[1]
         cell = grid // t_tokens[-1].shape[1]  # one last-stage cell, in patches
         visible = random_cell_mask(len(images), grid, cell, self.options.mask_ratio, self._generator).to(images.device)
@@ -173,7 +173,7 @@ class MaskAlign(Method):
 
     def _dropped_token_alignment(self, student: nn.Module, teacher: nn.Module, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), teacher.attention_scores() as scores:
-            t_tokens = teacher.features({"image": images})["blocks"]
+            t_tokens = teacher.image_block_states(images)
         prefix = teacher.num_prefix_tokens
         n_patches = t_tokens[-1].shape[1] - prefix
         keep = max(1, round(n_patches * (1 - self.options.mask_ratio)))

@@ -16,7 +16,7 @@ objectives at one parameter budget.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,28 +33,27 @@ def check_halvable(method: str, info) -> None:
                              "declares no block stages to thin")
 
 
+def every_other(counts: list[int]) -> list[list[int]]:
+    """Blocks 2, 4, ... of each stage deeper than two blocks (all of them if none is: then its
+    two-block stages halve instead); a one-block stage keeps its block."""
+    min_depth = 3 if max(counts, default=0) > 2 else 2
+    return [list(range(1, n, 2)) if n > 1 and n >= min_depth else list(range(n)) for n in counts]
+
+
 def halve_depth(teacher: nn.Module) -> nn.Module:
-    """A copy of `teacher` keeping blocks 2, 4, ... of each halved stage (`Backbone.stages`).
+    """A copy of `teacher` keeping blocks 2, 4, ... of each halved stage (`Backbone.thin`).
 
     A plain ViT is one stage. A hierarchical backbone halves only its stages deeper
     than two blocks (Swin-B's third stage, 18 -> 9), which is what the paper's 58.6 M
     for Swin-B implies; one with no such stage halves its two-block stages instead.
-    `student.layer_map[m]` is the teacher block (flat index) that student block m
-    copies and learns from.
+    A vision-language backbone halves its image encoder and each of its text stacks
+    (ALBEF: the text-only and the fusion layers). `student.layer_maps[group][m]` is the
+    teacher hidden state that the student's state m of that feature group copies and
+    learns from; `student.layer_map`, the teacher block behind each image-encoder block.
     """
     check_halvable("a depth-halved student", teacher.info)
     student = frozen_copy(teacher)
-    stages = student.stages()
-    min_depth = 3 if max(len(stage.blocks) for stage in stages) > 2 else 2
-    layer_map, offset = [], 0
-    for stage in stages:
-        n = len(stage.blocks)
-        keep = list(range(1, n, 2)) if n > 1 and n >= min_depth else list(range(n))
-        stage.blocks = nn.Sequential(*[stage.blocks[i] for i in keep])
-        layer_map += [offset + i for i in keep]
-        offset += n
-    student.info = replace(student.info, depth=len(layer_map))
-    student.layer_map = layer_map
+    student.layer_maps, student.layer_map = student.thin(every_other)
     return student
 
 
@@ -102,12 +101,18 @@ class TinyBert(Method):
             with torch.no_grad(), teacher.attention_scores() as t_attn, teacher.capture_features() as t_feats:
                 base.forward(teacher, batch)
             pairs = list(enumerate(student.layer_map))
-            s_tokens, t_tokens = s_feats["blocks"], t_feats["blocks"]
             attn = torch.stack([F.mse_loss(s_attn[m], t_attn[t]) for m, t in pairs]).mean()
-            hidden = torch.stack([F.mse_loss(s_tokens[m], t_tokens[t]) for m, t in pairs]).mean()
+            hidden = torch.stack([F.mse_loss(s_feats[g][m], t_feats[g][t]) for g, layer_map in student.layer_maps.items()
+                                  for m, t in enumerate(layer_map)]).mean()
             return {"loss": attn + hidden, "attn": attn.detach(), "hidden": hidden.detach()}
         # Prediction-layer distillation replaces the base objective: TinyBERT's own recipe.
+        output = base.forward(student, batch)
+        if isinstance(output, dict):
+            # A model-owned objective of named terms (ALBEF's ITC + ITM + MLM, already distilled from its
+            # momentum model) has no class logits to match: the student trains on it.
+            value = base.loss(output, batch)
+            return {"loss": value, "base": value.detach()}
         with torch.no_grad():
             t_logits = base.forward(teacher, batch)
-        pred = soft_cross_entropy(base.forward(student, batch), t_logits, self.options.temperature)
+        pred = soft_cross_entropy(output, t_logits, self.options.temperature)
         return {"loss": pred, "pred": pred.detach()}

@@ -216,7 +216,9 @@ class ToMe(Method):
     # ToMe's paper and this benchmark apply it to classification; a dense head would
     # need every merged token unmerged back onto the grid (`ToMeState.unmerge`), which
     # is not wired into the pyramid yet.
-    lacks = {"pyramid": "token merging leaves no per-patch feature map for a dense head"}
+    lacks = {"pyramid": "token merging leaves no per-patch feature map for a dense head",
+             "patch_grid": "token merging leaves no per-patch attention map to ground an expression in "
+                           "(the paper leaves ToMe out of grounding too)"}
     options_cls = ToMeOptions
 
     @staticmethod

@@ -21,7 +21,7 @@ from tasks.base import (
 
 # Import the task files so they register themselves.
 from tasks import (classification, detection, entailment, grounding, retrieval, segmentation,  # noqa: E402,F401
-                   vlp, vqa)
+                   vlp, vqa, zeroshot)
 
 __all__ = ["Column", "Metric", "RunContext", "Task", "TaskData", "TaskResult",
            "canonical_task_name", "create_task", "list_tasks", "register_task"]

@@ -105,6 +105,9 @@ class Task:
     def check_backbone(self, info: Any) -> None:
         """Raise `PelaBenchError` if the task cannot run on a backbone (`BackboneInfo`), before any work."""
 
+    def bind(self, info: Any) -> None:
+        """Adapt to the backbone this run serves, before any data loads (a text task picks its tokenizer)."""
+
     # -- schedule and data -------------------------------------------------------------
     def schedule(self, budget: str) -> Any:
         if budget not in self.schedules:

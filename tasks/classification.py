@@ -77,7 +77,7 @@ def _transforms(img_size: int, synthetic: bool) -> tuple[T.Compose, T.Compose]:
     return train, val
 
 
-def _folder(path: Path, transform: T.Compose) -> tv_datasets.ImageFolder:
+def image_folder(path: Path, transform: T.Compose) -> tv_datasets.ImageFolder:
     if not path.is_dir():
         raise PelaBenchError(f"image folder not found: {path} (expected <root>/train and <root>/val, one sub-folder per class)")
     try:
@@ -92,8 +92,8 @@ def image_folder_datasets(root: str | Path, img_size: int) -> ClassificationData
         raise PelaBenchError(f"data root not found: {root}")
     synthetic = read_marker(root) is not None
     train_tf, val_tf = _transforms(img_size, synthetic)
-    train = _folder(root / "train", train_tf)
-    val = _folder(root / "val", val_tf)
+    train = image_folder(root / "train", train_tf)
+    val = image_folder(root / "val", val_tf)
     if train.classes != val.classes:
         raise PelaBenchError(f"{root}/train and {root}/val have different class folders")
     return ClassificationData(train, val, list(train.classes), "synthetic" if synthetic else "real", img_size)

@@ -20,14 +20,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from common.errors import PelaBenchError
-from tasks.base import Metric, RunContext, Task, TaskData, TaskResult, check_files, register_task, trainable_copy
+from tasks.base import Metric, RunContext, TaskData, TaskResult, check_files, register_task, trainable_copy
 from tasks.classification import load_rgb
 from tasks.synthetic import WorldConfig, read_marker
 from tasks.synthetic_vl import VE_LABELS, caption_world, write_entailment
 from tasks.text import Tokenizer
 from tasks.vl_data import (Scorer, VLSchedule, check_vocabulary, encode_text, find_json, fine_tune, image_path,
-                           image_transforms, load_tokenizer, random_text, read_entries)
-from tasks.vlp import check_vl_backbone
+                           image_transforms, VLTask, random_text, read_entries)
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ def _read(path: Path) -> list[dict[str, Any]]:
 
 
 @register_task
-class EntailmentTask(Task):
+class EntailmentTask(VLTask):
     name = "ve"
     aliases = ("snli_ve", "entailment")
     metrics = (Metric("ve_acc", "VE acc"),)
@@ -81,9 +80,6 @@ class EntailmentTask(Task):
         # ALBEF's SNLI-VE fine-tune: 5 epochs at 2e-5, batch 32 per GPU (x 8).
         "paper": VLSchedule(epochs=5, lr=2e-5, batch_size=32, synthetic_train=5000, synthetic_test=1000),
     }
-
-    def check_backbone(self, info: Any) -> None:
-        check_vl_backbone(self.name, info)
 
     def synthetic_spec(self, schedule: VLSchedule, img_size: int | None) -> dict[str, Any]:
         size = img_size or 64
@@ -108,7 +104,7 @@ class EntailmentTask(Task):
         missing = sorted({str(image_path(root, e)) for e in (*train, *test) if not image_path(root, e).is_file()})
         if missing:
             raise PelaBenchError(f"{root}: {len(missing)} image(s) listed but not found, e.g. {missing[0]}")
-        data = EntailmentData(train, test, load_tokenizer(root), img_size or 384)
+        data = EntailmentData(train, test, self.tokenizer(root), img_size or 384)
         audit = {"train_pairs": len(train), "test_pairs": len(test),
                  **{f"test_{label}": sum(e["label"] == label for e in test) for label in VE_LABELS}}
         return TaskData(root, "real" if read_marker(root) is None else "synthetic", data, audit)
@@ -117,9 +113,6 @@ class EntailmentTask(Task):
         d: EntailmentData = data.content
         paths = sorted({image_path(data.root, e) for e in (*d.train, *d.test)})
         return {"images": check_files(paths, "checking SNLI-VE images", progress)}
-
-    def backbone_overrides(self, data: TaskData) -> dict[str, Any]:
-        return {"vocab_size": len(data.content.tokenizer)}
 
     def run(self, student: nn.Module, data: TaskData, schedule: VLSchedule, ctx: RunContext) -> TaskResult:
         d: EntailmentData = data.content

@@ -29,14 +29,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from common.errors import PelaBenchError
-from tasks.base import Metric, RunContext, Task, TaskData, TaskResult, check_files, register_task, trainable_copy
+from tasks.base import Metric, RunContext, TaskData, TaskResult, check_files, register_task, trainable_copy
 from tasks.classification import load_rgb
 from tasks.synthetic import WorldConfig, read_marker
 from tasks.synthetic_vl import grounding_world, write_grounding
 from tasks.text import Tokenizer, pre_caption
 from tasks.vl_data import (CaptionPairs, VLSchedule, check_vocabulary, encode_text, find_json, fine_tune, image_path,
-                           image_transforms, load_tokenizer, random_text, read_entries)
-from tasks.vlp import check_vl_backbone
+                           image_transforms, VLTask, random_text, read_entries)
 
 log = logging.getLogger("pela_bench")
 
@@ -161,12 +160,13 @@ class Expressions(Dataset):
 
 
 @register_task
-class GroundingTask(Task):
+class GroundingTask(VLTask):
     name = "grounding"
     aliases = ("refcoco+", "wsg")
     metrics = (Metric("grounding_acc", "grounding acc"),)
     primary_metric = "grounding_acc"
     fine_tunes = True
+    needs = ("patch_grid",)  # Grad-CAM maps the cross-attention back onto the image's patch grid
     measure_scope = ("params: the retrieval-shaped model with its momentum copies, as the paper counts; GFLOPs and "
                      "latency: the ITM forward of one image-expression pair (Grad-CAM adds one backward)")
     layout = ("ALBEF grounding JSON: <root>/*_train.json ({image, caption, image_id} per expression), "
@@ -180,9 +180,6 @@ class GroundingTask(Task):
         # ALBEF's grounding fine-tune: 5 epochs at 1e-5, batch 32 per GPU (x 8).
         "paper": GroundingSchedule(epochs=5, lr=1e-5, batch_size=32, synthetic_train=5000, synthetic_test=1000),
     }
-
-    def check_backbone(self, info: Any) -> None:
-        check_vl_backbone(self.name, info)
 
     def synthetic_spec(self, schedule: GroundingSchedule, img_size: int | None) -> dict[str, Any]:
         size = img_size or 64
@@ -211,7 +208,7 @@ class GroundingTask(Task):
         if clipped:
             log.warning("grounding: %d box(es) of %s reach outside their image; clipped to it",
                         clipped, find_json(root, "_test.json"))
-        data = GroundingData(train, test, sizes, load_tokenizer(root), img_size or 384)
+        data = GroundingData(train, test, sizes, self.tokenizer(root), img_size or 384)
         audit = {"train_pairs": len(train), "test_expressions": len(test),
                  "proposals_per_expression": round(sum(len(e["proposals"]) for e in test) / len(test), 2),
                  "boxes_clipped": clipped}
@@ -221,9 +218,6 @@ class GroundingTask(Task):
         d: GroundingData = data.content
         paths = sorted({image_path(data.root, e) for e in (*d.train, *d.test)})
         return {"images": check_files(paths, "checking grounding images", progress)}
-
-    def backbone_overrides(self, data: TaskData) -> dict[str, Any]:
-        return {"vocab_size": len(data.content.tokenizer)}
 
     def layer(self, model: nn.Module, schedule: GroundingSchedule) -> int:
         if schedule.gradcam_layer is not None:

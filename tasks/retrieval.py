@@ -3,7 +3,8 @@
 Fine-tune with the backbone's ITC + ITM objective, then rank as ALBEF does: the
 contrastive similarity picks each query's top `k_test` candidates, the ITM head
 scores those (its "match" logit) and every other candidate ranks below them;
-``k_test = 0`` ranks by the similarity alone. Metrics: TR@1/5/10 (an image counts
+``k_test = 0`` ranks by the similarity alone. A dual encoder without a fusion encoder
+(CLIP) fine-tunes with its contrastive loss and always ranks by similarity. Metrics: TR@1/5/10 (an image counts
 by its best-ranked ground-truth caption), IR@1/5/10, and their mean ``r_mean``,
 which ranks the leaderboard.
 
@@ -22,13 +23,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from common.errors import PelaBenchError
-from tasks.base import Metric, RunContext, Task, TaskData, TaskResult, check_files, register_task, trainable_copy
+from tasks.base import Metric, RunContext, TaskData, TaskResult, check_files, register_task, trainable_copy
 from tasks.synthetic import WorldConfig, read_marker
 from tasks.synthetic_vl import caption_world, write_retrieval
 from tasks.text import Tokenizer
 from tasks.vl_data import (CaptionPairs, Images, TextSettings, VLSchedule, check_vocabulary, encode_text, find_json,
-                           fine_tune, image_path, image_transforms, load_tokenizer, random_text, read_entries)
-from tasks.vlp import check_vl_backbone
+                           fine_tune, image_path, image_transforms, VLTask, random_text, read_entries)
 
 RECALL_AT = (1, 5, 10)
 
@@ -65,15 +65,17 @@ def retrieval_metrics(i2t: torch.Tensor, t2i: torch.Tensor, img2txt: list[list[i
 
 
 @register_task
-class RetrievalTask(Task):
+class RetrievalTask(VLTask):
     name = "retrieval"
+    needs_fusion = False  # a dual encoder ranks by similarity alone
     aliases = ("ret", "itr")
     metrics = (*(Metric(f"{n}{k}", f"{n.upper()}@{k}") for n in ("tr", "ir") for k in RECALL_AT),
                Metric("r_mean", "R mean"))
     primary_metric = "r_mean"
     fine_tunes = True
-    measure_scope = ("params: the retrieval model with its momentum copies, as the paper counts; GFLOPs and "
-                     "latency: scoring one image-caption pair (both encoders, fusion, ITM head)")
+    measure_scope = ("params: the retrieval model with its momentum copies where it has them (ALBEF), as the paper "
+                     "counts; GFLOPs and latency: scoring one image-caption pair (both encoders, and the fusion layers "
+                     "and ITM head where the model has them)")
     layout = ("ALBEF retrieval JSON: <root>/*_train.json ({image, caption, image_id} per caption), "
               "<root>/*_test.json ({image, caption: [...]} per image), <root>/vocab.txt")
     schedules = {
@@ -86,9 +88,6 @@ class RetrievalTask(Task):
         "paper": RetrievalSchedule(epochs=10, lr=1e-5, batch_size=32, k_test=128, synthetic_train=5000,
                                    synthetic_test=1000),
     }
-
-    def check_backbone(self, info: Any) -> None:
-        check_vl_backbone(self.name, info)
 
     # -- data ---------------------------------------------------------------------------------
     def synthetic_spec(self, schedule: RetrievalSchedule, img_size: int | None) -> dict[str, Any]:
@@ -119,7 +118,7 @@ class RetrievalTask(Task):
         missing = sorted({str(image_path(root, e)) for e in (*train, *test) if not image_path(root, e).is_file()})
         if missing:
             raise PelaBenchError(f"{root}: {len(missing)} image(s) listed but not found, e.g. {missing[0]}")
-        data = RetrievalData(train, test, load_tokenizer(root), img_size or 384)
+        data = RetrievalData(train, test, self.tokenizer(root), img_size or 384)
         audit = {"train_pairs": len(train), "train_images": len({str(e['image_id']) for e in train}),
                  "test_images": len(test), "test_captions": sum(len(e["caption"]) for e in test)}
         return TaskData(root, "real" if read_marker(root) is None else "synthetic", data, audit)
@@ -128,9 +127,6 @@ class RetrievalTask(Task):
         d: RetrievalData = data.content
         paths = sorted({image_path(data.root, e) for e in (*d.train, *d.test)})
         return {"images": check_files(paths, "checking retrieval images", progress)}
-
-    def backbone_overrides(self, data: TaskData) -> dict[str, Any]:
-        return {"vocab_size": len(data.content.tokenizer)}
 
     # -- fine-tune and evaluate ---------------------------------------------------------------
     def train_pairs(self, data: TaskData, schedule: RetrievalSchedule) -> CaptionPairs:
@@ -144,7 +140,8 @@ class RetrievalTask(Task):
         check_vocabulary(student, data.content.tokenizer)
         model = trainable_copy(student).to(ctx.device)
         model.drop_mlm_head()  # the retrieval model (ALBEF's has no masked-language head)
-        details, seconds = fine_tune(model, "itc_itm", self.train_pairs(data, schedule), schedule, ctx, self.name)
+        details, seconds = fine_tune(model, "itc_itm" if _matches(model) else "itc", self.train_pairs(data, schedule),
+                                     schedule, ctx, self.name)
         metrics = self.evaluate(model, data, schedule, ctx.device, ctx.workers)
         details.update(schedule=asdict(schedule), data_audit=data.audit)
         return TaskResult(metrics, model.eval(), seconds, details)
@@ -169,9 +166,9 @@ class RetrievalTask(Task):
         masks = torch.stack([t["text_mask"] for t in texts]).to(device)
         step = schedule.eval_batch_size
         states = torch.cat([model.encode_text(ids[i:i + step], masks[i:i + step]) for i in range(0, len(ids), step)])
-        text_feats = model.text_feat(states)
+        text_feats = model.text_feat(states, masks)
         sims = image_feats @ text_feats.T
-        k = min(schedule.k_test, sims.shape[0], sims.shape[1])
+        k = min(schedule.k_test if _matches(model) else 0, sims.shape[0], sims.shape[1])
         if k == 0:
             return retrieval_metrics(sims.cpu(), sims.T.cpu(), img2txt, txt2img)
 
@@ -206,3 +203,9 @@ class RetrievalTask(Task):
 
     def describe_schedule(self, schedule: RetrievalSchedule, batch: int | None = None) -> str:
         return f"{schedule.epochs} epochs, batch {batch or schedule.batch_size}, k_test {schedule.k_test}"
+
+
+def _matches(model: nn.Module) -> bool:
+    """Whether the model has a fusion encoder with an ITM head (ALBEF) to fine-tune and re-rank with;
+    a dual encoder (CLIP) trains and ranks by contrastive similarity alone."""
+    return "fusion" in model.info.feature_groups

@@ -10,7 +10,9 @@ vocabulary written as ``vocab.txt`` beside the data.
 Formats (paths in the JSON are relative to the data root):
 
 - pre-training (``vlp``): ``annotations/vlp_train.json``, ``[{"image": ..., "caption": [five captions]}]``
-  (ALBEF's pre-training loader takes a list and draws one caption per epoch);
+  (ALBEF's pre-training loader takes a list and draws one caption per epoch), and
+  ``annotations/vlp_regions.json``, scenes of several objects with one caption per object (the
+  synthetic counterpart of Visual Genome's region descriptions in ALBEF's corpus);
 - retrieval (``retrieval``): ``retrieval_train.json`` with one entry per caption,
   ``{"image", "caption", "image_id"}``, and ``retrieval_{val,test}.json`` with one
   entry per image, ``{"image", "caption": [five]}``, as ALBEF's Flickr30K files;
@@ -136,14 +138,26 @@ def caption_world(img_size: int = 64) -> WorldConfig:
                        noise_std=5.0)
 
 
-def write_pretraining(root: str | Path, *, seed: int = 0, n_train: int = 1000, world: WorldConfig | None = None,
+def write_pretraining(root: str | Path, *, seed: int = 0, n_train: int = 1000, n_regions: int = 0,
+                      world: WorldConfig | None = None, region_world: WorldConfig | None = None,
                       progress: bool = True) -> Path:
+    """Captioned scenes (``annotations/vlp_train.json``), and, as Visual Genome's region descriptions are
+    in ALBEF's pre-training corpus, `n_regions` scenes of several objects whose captions each describe one
+    of them (``annotations/vlp_regions.json``, the grounding world's referring expressions)."""
     root = Path(root)
     world = world or caption_world()
     entries = _scenes(root, "vlp-train", n_train, seed, world, progress)
     atomic_write_text(root / "annotations" / "vlp_train.json", json.dumps([{"image": e["image"], "caption": e["caption"]}
                                                            for e in entries]))
-    _finish(root, "vlp", seed, world, {"train": n_train})
+    if n_regions:
+        regions = []
+        for e in _scenes(root, "vlp-regions", n_regions, seed, region_world or grounding_world(world.img_size),
+                         progress, keep_objects=True):
+            described = refer(e["objects"], _rng(seed, "vlp-regions-refs", int(e["index"])))
+            if described:
+                regions.append({"image": e["image"], "caption": [text for _, text in described]})
+        atomic_write_text(root / "annotations" / "vlp_regions.json", json.dumps(regions))
+    _finish(root, "vlp", seed, world, {"train": n_train, "regions": n_regions})
     return root
 
 

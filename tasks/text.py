@@ -134,3 +134,32 @@ def mask_tokens(ids: torch.Tensor, tokenizer: Tokenizer, probability: float = 0.
     swap = picked & (roll >= 0.8) & (roll < 0.9)
     ids[swap] = tokenizer.word_ids[torch.randint(len(tokenizer.word_ids), (int(swap.sum()),))]
     return ids, labels
+
+
+class ClipBpeTokenizer:
+    """open_clip's bundled byte-pair encoding (49,408 tokens, read from the package: works offline),
+    with `Tokenizer`'s interface: ``<start> pieces <end>``, padded with 0 as open_clip pads."""
+
+    def __init__(self) -> None:
+        from open_clip.tokenizer import SimpleTokenizer  # the BPE merges ship inside the package
+
+        self._bpe = SimpleTokenizer()
+        self.source = "open_clip BPE"
+        self.pad_id = 0
+        self.cls_id, self.sep_id = self._bpe.sot_token_id, self._bpe.eot_token_id
+
+    def __len__(self) -> int:
+        return len(self._bpe.encoder)
+
+    def encode(self, text: str, max_tokens: int) -> list[int]:
+        return [self.cls_id, *self._bpe.encode(text)[: max_tokens - 2], self.sep_id]
+
+    def pad(self, ids: list[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        out = torch.full((length,), self.pad_id, dtype=torch.long)
+        out[: len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask = torch.zeros(length, dtype=torch.long)
+        mask[: len(ids)] = 1
+        return out, mask
+
+    def decode(self, ids: list[int]) -> str:
+        return self._bpe.decode([i for i in ids if i not in (self.pad_id, self.cls_id, self.sep_id)]).strip()

@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -20,10 +20,10 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from common.errors import PelaBenchError
-from tasks.base import RunContext
+from tasks.base import RunContext, Task, TaskData
 from tasks.classification import load_rgb
 from tasks.synthetic import read_marker
-from tasks.text import BERT_VOCAB_SIZE, Tokenizer, mask_tokens, pre_caption
+from tasks.text import BERT_VOCAB_SIZE, ClipBpeTokenizer, Tokenizer, mask_tokens, pre_caption
 
 # ALBEF normalises images with CLIP's statistics.
 VL_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -71,8 +71,13 @@ def image_path(root: Path, entry: dict[str, Any]) -> Path:
     return path if path.is_absolute() else root / path
 
 
-def load_tokenizer(root: Path) -> Tokenizer:
-    """The data root's ``vocab.txt``; for real data it must be BERT's 30,522-entry WordPiece list."""
+def load_tokenizer(root: Path, kind: str = "vocab") -> Tokenizer | ClipBpeTokenizer:
+    """The backbone's tokenizer (`BackboneInfo.tokenizer`): open_clip's bundled BPE (``clip_bpe``), or the
+    data root's ``vocab.txt`` (``vocab``), which for real data must be BERT's 30,522-entry WordPiece list."""
+    if kind == "clip_bpe":
+        return ClipBpeTokenizer()
+    if kind != "vocab":
+        raise PelaBenchError(f"unknown tokenizer {kind!r}; known: vocab, clip_bpe")
     path = root / VOCAB_FILE
     if not path.is_file():
         raise PelaBenchError(f"{root} has no {VOCAB_FILE}: put BERT's WordPiece vocabulary (bert-base-uncased, "
@@ -162,7 +167,7 @@ class VLSchedule:
 
 def check_vocabulary(model: Any, tokenizer: Tokenizer) -> None:
     """The task's text must use the vocabulary the model was pre-trained with (at most as many tokens)."""
-    known = model.text.embed.word.num_embeddings
+    known = model.text_vocab_size()
     if len(tokenizer) > known:
         raise PelaBenchError(f"{tokenizer.source} has {len(tokenizer)} tokens but the model knows {known}: "
                              "pre-training and task data must share one vocabulary")
@@ -204,3 +209,31 @@ class Scorer(nn.Module):
 def random_text(batch_size: int, length: int, vocab: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
     return {"text_ids": torch.randint(vocab, (batch_size, length), generator=generator),
             "text_mask": torch.ones(batch_size, length, dtype=torch.long)}
+
+
+class VLTask(Task):
+    """What the vision-language tasks share: the backbone check, the tokenizer it reads text with, and
+    the vocabulary size it hands the backbone."""
+
+    # Whether the task needs a fusion encoder (cross-attention from text to image: ALBEF), or
+    # works on any backbone with a text tower (a dual encoder such as CLIP).
+    needs_fusion: ClassVar[bool] = True
+    tokenizer_kind: str = "vocab"
+
+    def check_backbone(self, info: Any) -> None:
+        groups = set(info.feature_groups)
+        if "text" not in groups:
+            raise PelaBenchError(f"task {self.name!r} needs a vision-language backbone (albef_*, clip_*); "
+                                 f"{info.name} has no text encoder")
+        if self.needs_fusion and "fusion" not in groups:
+            raise PelaBenchError(f"task {self.name!r} needs a fusion encoder (text cross-attending to the image, "
+                                 f"albef_*); {info.name} is a dual encoder")
+
+    def bind(self, info: Any) -> None:
+        self.tokenizer_kind = info.tokenizer
+
+    def tokenizer(self, root: Path) -> Tokenizer | ClipBpeTokenizer:
+        return load_tokenizer(root, self.tokenizer_kind)
+
+    def backbone_overrides(self, data: TaskData) -> dict[str, Any]:
+        return {"vocab_size": len(data.content.tokenizer)}

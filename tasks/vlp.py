@@ -17,10 +17,10 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from common.errors import PelaBenchError
 from common.objective import ModelObjective
-from tasks.base import Task, TaskData, check_files, register_task
+from tasks.base import TaskData, check_files, register_task
 from tasks.synthetic import WorldConfig, read_marker
-from tasks.synthetic_vl import caption_world, write_pretraining
-from tasks.vl_data import (CaptionPairs, TextSettings, image_path, image_transforms, load_tokenizer,
+from tasks.synthetic_vl import caption_world, grounding_world, write_pretraining
+from tasks.vl_data import (CaptionPairs, TextSettings, image_path, image_transforms, VLTask,
                            read_entries)
 from tasks.text import Tokenizer
 
@@ -28,6 +28,7 @@ from tasks.text import Tokenizer
 @dataclass(frozen=True)
 class PretrainSchedule:
     synthetic_train: int
+    synthetic_regions: int = 0  # multi-object scenes described object by object (Visual Genome's role)
     text: TextSettings = field(default_factory=TextSettings)
 
 
@@ -40,33 +41,36 @@ class PretrainData:
     img_size: int
 
 
-def check_vl_backbone(task: str, info: Any) -> None:
-    if not {"text", "fusion"} <= set(info.feature_groups):
-        raise PelaBenchError(f"task {task!r} needs a vision-language backbone (albef_*); "
-                             f"{info.name} has no text encoder")
-
-
 @register_task
-class VLPretraining(Task):
+class VLPretraining(VLTask):
     name = "vlp"
+    needs_fusion = False
+    masked_language = True  # samples carry masked text for an MLM objective (a fusion encoder's)
     aliases = ("pretrain_vl",)
     layout = "ALBEF pre-training JSON: <root>/annotations/*.json, lists of {image, caption}; <root>/vocab.txt"
     schedules = {
-        "tiny": PretrainSchedule(synthetic_train=96, text=TextSettings(max_tokens=20)),
-        "smoke": PretrainSchedule(synthetic_train=2000, text=TextSettings(max_tokens=20)),
-        "paper": PretrainSchedule(synthetic_train=50_000),
+        "tiny": PretrainSchedule(synthetic_train=64, synthetic_regions=32, text=TextSettings(max_tokens=20)),
+        "smoke": PretrainSchedule(synthetic_train=1500, synthetic_regions=500, text=TextSettings(max_tokens=20)),
+        "paper": PretrainSchedule(synthetic_train=40_000, synthetic_regions=10_000),
     }
 
-    def check_backbone(self, info: Any) -> None:
-        check_vl_backbone(self.name, info)
+    def bind(self, info: Any) -> None:
+        super().bind(info)
+        self.masked_language = "fusion" in info.feature_groups  # ALBEF's MLM; CLIP has none
 
     def synthetic_spec(self, schedule: PretrainSchedule, img_size: int | None) -> dict[str, Any]:
         size = img_size or 64
-        return {"n_train": schedule.synthetic_train, "img_size": size, "world": asdict(caption_world(size))}
+        spec = {"n_train": schedule.synthetic_train, "img_size": size, "world": asdict(caption_world(size))}
+        if schedule.synthetic_regions:
+            spec.update(n_regions=schedule.synthetic_regions, region_world=asdict(grounding_world(size)))
+        return spec
 
     def write_synthetic(self, root: Path, spec: dict[str, Any], seed: int, progress: bool) -> None:
-        write_pretraining(root, seed=seed, n_train=spec["n_train"], world=WorldConfig.from_dict({**spec["world"], "img_size": spec["img_size"]}),
-                          progress=progress)
+        def world(key: str) -> WorldConfig | None:
+            return WorldConfig.from_dict({**spec[key], "img_size": spec["img_size"]}) if key in spec else None
+
+        write_pretraining(root, seed=seed, n_train=spec["n_train"], n_regions=spec.get("n_regions", 0),
+                          world=world("world"), region_world=world("region_world"), progress=progress)
 
     def check_root(self, root: Path) -> None:
         if not Path(root).is_dir():
@@ -83,7 +87,7 @@ class VLPretraining(Task):
         if missing:
             raise PelaBenchError(f"{root}: {len(missing)} image(s) listed but not found, e.g. {missing[0]}")
         synthetic = read_marker(root) is not None
-        data = PretrainData(files, entries, load_tokenizer(root), schedule.text, img_size or 224)
+        data = PretrainData(files, entries, self.tokenizer(root), schedule.text, img_size or 224)
         audit = {"pairs": sum(len(es) for es in entries), "files": len(files)}
         return TaskData(root, "synthetic" if synthetic else "real", data, audit)
 
@@ -97,8 +101,6 @@ class VLPretraining(Task):
     def train_split(self, data: TaskData) -> Dataset:
         d: PretrainData = data.content
         transform = image_transforms(d.img_size, data.provenance == "synthetic", train=True)
-        return ConcatDataset([CaptionPairs(data.root, es, d.tokenizer, transform, d.text, mlm=True)
+        return ConcatDataset([CaptionPairs(data.root, es, d.tokenizer, transform, d.text, mlm=self.masked_language)
                               for es in d.entries])
 
-    def backbone_overrides(self, data: TaskData) -> dict[str, Any]:
-        return {"vocab_size": len(data.content.tokenizer)}

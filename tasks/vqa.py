@@ -36,14 +36,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from common.errors import PelaBenchError
-from tasks.base import Metric, RunContext, Task, TaskData, TaskResult, check_files, register_task, trainable_copy
+from tasks.base import Metric, RunContext, TaskData, TaskResult, check_files, register_task, trainable_copy
 from tasks.classification import load_rgb
 from tasks.synthetic import WorldConfig, read_marker
 from tasks.synthetic_vl import ANNOTATORS, caption_world, write_vqa
 from tasks.text import Tokenizer, pre_caption
 from tasks.vl_data import (Scorer, VLSchedule, check_vocabulary, encode_text, find_json, fine_tune, image_path,
-                           image_transforms, load_tokenizer, random_text, read_entries)
-from tasks.vlp import check_vl_backbone
+                           image_transforms, VLTask, random_text, read_entries)
 
 log = logging.getLogger("pela_bench")
 ANSWER_LIST = "answer_list.json"
@@ -175,7 +174,7 @@ def _check_answers(path: Path, entries: list[dict[str, Any]]) -> None:
 
 
 @register_task
-class VQATask(Task):
+class VQATask(VLTask):
     name = "vqa"
     metrics = (Metric("vqa_acc", "VQA acc"),)
     primary_metric = "vqa_acc"
@@ -193,9 +192,6 @@ class VQATask(Task):
         # ALBEF's VQA fine-tune: 8 epochs at 2e-5, batch 32 per GPU (x 8), k_test 128.
         "paper": VQASchedule(epochs=8, lr=2e-5, batch_size=32, k_test=128, synthetic_train=5000, synthetic_test=1000),
     }
-
-    def check_backbone(self, info: Any) -> None:
-        check_vl_backbone(self.name, info)
 
     # -- data ---------------------------------------------------------------------------------
     def synthetic_spec(self, schedule: VQASchedule, img_size: int | None) -> dict[str, Any]:
@@ -233,7 +229,7 @@ class VQATask(Task):
         missing = sorted({str(image_path(root, e)) for e in (*train, *test) if not image_path(root, e).is_file()})
         if missing:
             raise PelaBenchError(f"{root}: {len(missing)} image(s) listed but not found, e.g. {missing[0]}")
-        tokenizer = load_tokenizer(root)
+        tokenizer = self.tokenizer(root)
         too_long = [a for a in answers if len(tokenizer.encode(pre_caption(a), 10**6)) > schedule.answer_tokens]
         if too_long:
             raise PelaBenchError(f"{root / ANSWER_LIST}: {len(too_long)} answer(s) longer than answer_tokens="
@@ -254,9 +250,6 @@ class VQATask(Task):
         d: VQAData = data.content
         paths = sorted({image_path(data.root, e) for e in (*d.train, *d.test)})
         return {"images": check_files(paths, "checking VQA images", progress)}
-
-    def backbone_overrides(self, data: TaskData) -> dict[str, Any]:
-        return {"vocab_size": len(data.content.tokenizer)}
 
     # -- fine-tune and evaluate ---------------------------------------------------------------
     def run(self, student: nn.Module, data: TaskData, schedule: VQASchedule, ctx: RunContext) -> TaskResult:

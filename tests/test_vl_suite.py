@@ -1,4 +1,5 @@
-"""The suite on the ALBEF-style backbone: teacher on captions, PELA, retrieval rows, resume (tiny budget)."""
+"""The suite on the vision-language backbones (tiny budget): ALBEF's teacher on captions, PELA and baselines,
+retrieval, VQA, SNLI-VE and grounding rows, resume; CLIP's retrieval rows."""
 
 from __future__ import annotations
 
@@ -19,13 +20,17 @@ TINY = Budget(name="tiny", img_size=64,
 
 @pytest.fixture(autouse=True)
 def small_worlds(monkeypatch, single_thread):
+    from tasks.entailment import EntailmentTask
+    from tasks.grounding import GroundingTask
     from tasks.retrieval import RetrievalTask
     from tasks.vlp import VLPretraining
+    from tasks.vqa import VQATask
 
-    monkeypatch.setattr(VLPretraining, "schedules",
-                        {**VLPretraining.schedules, "tiny": replace(VLPretraining.schedules["tiny"], synthetic_train=32)})
-    small = replace(RetrievalTask.schedules["tiny"], synthetic_train=16, synthetic_test=8, latency_repeats=1)
-    monkeypatch.setattr(RetrievalTask, "schedules", {**RetrievalTask.schedules, "tiny": small})
+    monkeypatch.setattr(VLPretraining, "schedules", {**VLPretraining.schedules, "tiny": replace(
+        VLPretraining.schedules["tiny"], synthetic_train=24, synthetic_regions=8)})
+    for task in (RetrievalTask, VQATask, EntailmentTask, GroundingTask):
+        small = replace(task.schedules["tiny"], synthetic_train=16, synthetic_test=8, latency_repeats=1)
+        monkeypatch.setattr(task, "schedules", {**task.schedules, "tiny": small})
 
 
 def test_albef_rows_for_pela_and_baselines_then_resume(tmp_path, monkeypatch):
@@ -55,6 +60,40 @@ def test_albef_rows_for_pela_and_baselines_then_resume(tmp_path, monkeypatch):
     again = SuiteRunner(cfg, budget=TINY, progress=False).run()
     assert {r["method"]: r["metrics"] for r in again} == {m: r["metrics"] for m, r in rows.items()}
     assert len(ResultStore(tmp_path / "results" / "results.jsonl").rows()) == 4
+
+
+def test_albef_rows_on_every_vl_task_with_baselines(tmp_path):
+    cfg = SuiteConfig(backbone="albef_tiny", tasks=("vqa", "ve", "grounding"), methods=("dense", "svd", "lora", "tome"),
+                      out=str(tmp_path / "runs"), results=str(tmp_path / "results"), budget="tiny")
+    rows = SuiteRunner(cfg, budget=TINY, progress=False).run()
+    got = {(r["method"], r["task"]): r for r in rows}
+    # ToMe leaves no patch grid for Grad-CAM: no grounding row (skipped with its reason), as in the paper.
+    assert set(got) == {(m, t) for m in ("dense", "svd", "lora", "tome") for t in ("vqa", "ve", "grounding")} - {
+        ("tome", "grounding")}
+    for (method, task), r in got.items():
+        assert r["primary_metric"] == {"vqa": "vqa_acc", "ve": "ve_acc", "grounding": "grounding_acc"}[task]
+        assert 0.0 <= r["metrics"][r["primary_metric"]] <= 100.0 and r["efficiency"]["gflops"] > 0
+    # The VQA model carries its answer decoder, compressed with the student it was copied from.
+    vqa = {m: got[(m, "vqa")]["efficiency"]["params_m"] for m in ("dense", "svd", "lora")}
+    assert vqa["svd"] < 0.5 * vqa["dense"] < vqa["lora"]
+    assert got[("dense", "vqa")]["efficiency"]["params_m"] > got[("dense", "ve")]["efficiency"]["params_m"]
+    assert got[("tome", "ve")]["efficiency"]["gflops"] < got[("dense", "ve")]["efficiency"]["gflops"]
+    assert got[("dense", "grounding")]["finetune"]["gradcam_layer"] == 1
+    assert got[("dense", "vqa")]["finetune"]["data_audit"]["test_questions_without_candidate"] == 0
+    board = (tmp_path / "results" / "leaderboard.md").read_text()
+    assert "VQA acc" in board and "VE acc" in board and "grounding acc" in board
+
+
+def test_clip_retrieval_rows(tmp_path):
+    cfg = SuiteConfig(backbone="clip_tiny", tasks=("retrieval",), methods=("dense", "svd", "pela", "lora"),
+                      out=str(tmp_path / "runs"), results=str(tmp_path / "results"), budget="tiny")
+    rows = {r["method"]: r for r in SuiteRunner(cfg, budget=TINY, progress=False).run()}
+    assert set(rows) == {"dense", "svd", "pela", "lora"}
+    assert rows["pela"]["efficiency"]["params_m"] < 0.5 * rows["dense"]["efficiency"]["params_m"]
+    assert rows["pela"]["loss_terms"].keys() >= {"base", "fd", "rwp"}
+    assert set(rows["dense"]["finetune"]["loss_terms"]) == {"loss", "itc"}  # no ITM head to train
+    with pytest.raises(PelaBenchError, match="task 'vqa' needs a fusion encoder"):
+        SuiteRunner(replace(cfg, tasks=("vqa",)), budget=TINY, progress=False)
 
 
 def test_vision_only_backbone_refuses_vl_tasks_before_any_work(tmp_path):

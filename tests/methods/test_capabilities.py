@@ -113,4 +113,5 @@ def test_unsupported_needs():
         assert m.unsupported(()) is None
         if name != "tome":
             assert m.unsupported(("pyramid",)) is None, name
-    assert method_class("tome").lacks == {"pyramid": reason}
+    assert method_class("tome").lacks["pyramid"] == reason
+    assert "grounding" in create_method("tome").unsupported(("patch_grid",))  # Grad-CAM needs the patch grid

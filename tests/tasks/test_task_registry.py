@@ -150,7 +150,7 @@ def test_unknown_name_lists_the_tasks():
     with pytest.raises(PelaBenchError) as e:
         create_task("dance")
     msg = str(e.value)
-    assert "unknown task 'dance'" in msg and "cls, det, grounding, retrieval, seg, ve, vlp, vqa" in msg and "--import" in msg
+    assert "unknown task 'dance'" in msg and "cls, det, grounding, retrieval, seg, ve, vlp, vqa, zeroshot" in msg and "--import" in msg
     with pytest.raises(PelaBenchError, match="unknown task"):
         canonical_task_name("dance")
 

@@ -143,7 +143,7 @@ def test_list_with_an_imported_plugin_and_make_tables(tmp_path):
     r = run_tool("run_suite.py", "--import", str(plugin), "--list")
     assert r.returncode == 0, r.stderr
     assert "deit_micro" in r.stdout and "pela" in r.stdout and "plugin_identity" in r.stdout
-    assert "cls, det, retrieval, seg, vlp" in r.stdout
+    assert "cls, det, grounding, retrieval, seg, ve, vlp, vqa, zeroshot" in r.stdout
     r = run_tool("run_suite.py", "--list")
     assert r.returncode == 0 and "plugin_identity" not in r.stdout
     r = run_tool("make_tables.py", "--results", str(tmp_path))
