@@ -30,8 +30,8 @@ def main() -> int:
     for entry in ENTRIES:
         rows.append(measure(entry))
         r = rows[-1]
-        log.info("Table %s %s %s %s: %.2f M (paper %.1f)", r["table"], r["backbone"], r["task"], r["method"],
-                 r["measured_params_m"], r["paper_params_m"])
+        log.info("Table %s %s %s %s: %.2f M (paper %s)", r["table"], r["backbone"], r["task"], r["method"],
+                 r["measured_params_m"], r["paper_params_m"] if r["paper_params_m"] is not None else "-")
     columns = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
@@ -41,11 +41,15 @@ def main() -> int:
     atomic_write_text(out / "dense_params.csv", buf.getvalue())
     md = ["# Task models: parameters measured (random init) beside the paper's", "",
           "Tables 2-3: backbone + neck + heads, auxiliary head included. Tables 4-5: ALBEF's retrieval and VQA "
-          "models with their momentum copies. `python tools/check_paper_params.py`.", "",
+          "models with their momentum copies; table '-': beyond the paper (CLIP). "
+          "`python tools/check_paper_params.py`.", "",
           "| table | backbone | task | method | ratio | paper (M) | measured (M) | diff (M) | note |",
           "|---|---|---|---|---|---|---|---|---|"]
-    md += [f"| {r['table']} | {r['backbone']} | {r['task']} | {r['method']} | {r['ratio']} | {r['paper_params_m']} "
-           f"| {r['measured_params_m']} | {r['diff_m']:+.2f} | {r['note']} |" for r in rows]
+    def shown(value: float | None, fmt: str = "{}") -> str:
+        return "-" if value is None else fmt.format(value)
+
+    md += [f"| {r['table']} | {r['backbone']} | {r['task']} | {r['method']} | {r['ratio']} | {shown(r['paper_params_m'])} "
+           f"| {r['measured_params_m']} | {shown(r['diff_m'], '{:+.2f}')} | {r['note']} |" for r in rows]
     atomic_write_text(out / "dense_params.md", "\n".join(md) + "\n")
     log.info("wrote %s/dense_params.{csv,md}", out)
     return 0
