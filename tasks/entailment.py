@@ -17,16 +17,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from common.errors import PelaBenchError
 from tasks.base import Metric, RunContext, TaskData, TaskResult, check_files, register_task, trainable_copy
-from tasks.classification import load_rgb
-from tasks.synthetic import WorldConfig, read_marker
+from tasks.synthetic import read_marker
 from tasks.synthetic_vl import VE_LABELS, caption_world, write_entailment
 from tasks.text import Tokenizer
-from tasks.vl_data import (Scorer, VLSchedule, check_vocabulary, encode_text, find_json, fine_tune, image_path,
-                           image_transforms, VLTask, random_text, read_entries)
+from tasks.vl_data import (ImageTexts, Scorer, VLSchedule, VLTask, check_images_exist, check_vocabulary, find_json,
+                           fine_tune, image_path, image_transforms, random_text, read_entries)
 
 
 @dataclass(frozen=True)
@@ -37,18 +36,10 @@ class EntailmentData:
     img_size: int
 
 
-class Hypotheses(Dataset):
-    def __init__(self, root: Path, entries: list[dict[str, Any]], tokenizer: Tokenizer, transform: Any,
-                 schedule: VLSchedule) -> None:
-        self.root, self.entries, self.tokenizer, self.transform, self.schedule = root, entries, tokenizer, transform, schedule
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        e = self.entries[index]
-        return {"image": self.transform(load_rgb(str(image_path(self.root, e)))),
-                "label": VE_LABELS.index(e["label"]), **encode_text(self.tokenizer, e["sentence"], self.schedule.text)}
+def hypotheses(root: Path, entries: list[dict[str, Any]], tokenizer: Tokenizer, transform: Any,
+               schedule: VLSchedule) -> ImageTexts:
+    return ImageTexts(root, entries, tokenizer, transform, schedule.text, "sentence",
+                      extra=lambda e, _i: {"label": VE_LABELS.index(e["label"])})
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
@@ -70,6 +61,7 @@ class EntailmentTask(VLTask):
     fine_tunes = True
     measure_scope = ("params: the SNLI-VE model with its momentum copies, as the paper counts; GFLOPs and latency: "
                      "classifying one image-sentence pair")
+    world, writer = caption_world, write_entailment
     layout = ("ALBEF SNLI-VE JSON: <root>/*_train.json and <root>/*_test.json ({image, sentence, label} per pair, "
               "label entailment/neutral/contradiction), <root>/vocab.txt")
     schedules = {
@@ -81,29 +73,11 @@ class EntailmentTask(VLTask):
         "paper": VLSchedule(epochs=5, lr=2e-5, batch_size=32, synthetic_train=5000, synthetic_test=1000),
     }
 
-    def synthetic_spec(self, schedule: VLSchedule, img_size: int | None) -> dict[str, Any]:
-        size = img_size or 64
-        return {"n_train": schedule.synthetic_train, "n_val": schedule.synthetic_test, "img_size": size,
-                "world": asdict(caption_world(size))}
-
-    def write_synthetic(self, root: Path, spec: dict[str, Any], seed: int, progress: bool) -> None:
-        world = WorldConfig.from_dict({**spec["world"], "img_size": spec["img_size"]})
-        write_entailment(root, seed=seed, n_train=spec["n_train"], n_test=spec["n_val"], world=world,
-                         progress=progress)
-
-    def check_root(self, root: Path) -> None:
-        if not Path(root).is_dir():
-            raise PelaBenchError(f"--data {self.name}={root} does not exist ({self.layout})")
-        find_json(Path(root), "_train.json")
-        find_json(Path(root), "_test.json")
-
     def load(self, root: Path, schedule: VLSchedule, img_size: int | None) -> TaskData:
         root = Path(root)
         self.check_root(root)
         train, test = _read(find_json(root, "_train.json")), _read(find_json(root, "_test.json"))
-        missing = sorted({str(image_path(root, e)) for e in (*train, *test) if not image_path(root, e).is_file()})
-        if missing:
-            raise PelaBenchError(f"{root}: {len(missing)} image(s) listed but not found, e.g. {missing[0]}")
+        check_images_exist(root, (*train, *test))
         data = EntailmentData(train, test, self.tokenizer(root), img_size or 384)
         audit = {"train_pairs": len(train), "test_pairs": len(test),
                  **{f"test_{label}": sum(e["label"] == label for e in test) for label in VE_LABELS}}
@@ -121,7 +95,7 @@ class EntailmentTask(VLTask):
         torch.manual_seed(ctx.seed)  # the new head's init must not depend on which stages ran before
         model = model.attach_classifier(len(VE_LABELS)).to(ctx.device)
         transform = image_transforms(d.img_size, data.provenance == "synthetic", train=True)
-        details, seconds = fine_tune(model, "ve", Hypotheses(data.root, d.train, d.tokenizer, transform, schedule),
+        details, seconds = fine_tune(model, "ve", hypotheses(data.root, d.train, d.tokenizer, transform, schedule),
                                      schedule, ctx, self.name)
         metrics = self.evaluate(model, data, schedule, ctx.device, ctx.workers)
         details.update(schedule=asdict(schedule), data_audit=data.audit)
@@ -133,7 +107,7 @@ class EntailmentTask(VLTask):
         d: EntailmentData = data.content
         model.eval()
         transform = image_transforms(d.img_size, data.provenance == "synthetic", train=False)
-        loader = DataLoader(Hypotheses(data.root, d.test, d.tokenizer, transform, schedule),
+        loader = DataLoader(hypotheses(data.root, d.test, d.tokenizer, transform, schedule),
                             batch_size=schedule.eval_batch_size, num_workers=workers)
         right = 0
         for b in loader:

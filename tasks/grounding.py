@@ -26,16 +26,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from common.errors import PelaBenchError
 from tasks.base import Metric, RunContext, TaskData, TaskResult, check_files, register_task, trainable_copy
-from tasks.classification import load_rgb
-from tasks.synthetic import WorldConfig, read_marker
+from tasks.synthetic import read_marker
 from tasks.synthetic_vl import grounding_world, write_grounding
 from tasks.text import Tokenizer, pre_caption
-from tasks.vl_data import (CaptionPairs, VLSchedule, check_vocabulary, encode_text, find_json, fine_tune, image_path,
-                           image_transforms, VLTask, random_text, read_entries)
+from tasks.vl_data import (CaptionPairs, ImageTexts, VLSchedule, VLTask, check_images_exist, check_vocabulary, find_json,
+                           fine_tune, image_path, image_transforms, random_text, read_entries)
 
 log = logging.getLogger("pela_bench")
 
@@ -145,20 +144,6 @@ def gradcam(model: nn.Module, image: torch.Tensor, text_ids: torch.Tensor, text_
     return cam.view(-1, grid, grid)
 
 
-class Expressions(Dataset):
-    def __init__(self, root: Path, entries: list[dict[str, Any]], tokenizer: Tokenizer, transform: Any,
-                 schedule: VLSchedule) -> None:
-        self.root, self.entries, self.tokenizer, self.transform, self.schedule = root, entries, tokenizer, transform, schedule
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        e = self.entries[index]
-        return {"image": self.transform(load_rgb(str(image_path(self.root, e)))), "index": index,
-                **encode_text(self.tokenizer, e["text"], self.schedule.text)}
-
-
 @register_task
 class GroundingTask(VLTask):
     name = "grounding"
@@ -169,6 +154,7 @@ class GroundingTask(VLTask):
     needs = ("patch_grid",)  # Grad-CAM maps the cross-attention back onto the image's patch grid
     measure_scope = ("params: the retrieval-shaped model with its momentum copies, as the paper counts; GFLOPs and "
                      "latency: the ITM forward of one image-expression pair (Grad-CAM adds one backward)")
+    world, writer = grounding_world, write_grounding
     layout = ("ALBEF grounding JSON: <root>/*_train.json ({image, caption, image_id} per expression), "
               "<root>/*_test.json ({image, text, ref_id, bbox, proposals} per expression, boxes [x, y, w, h]), "
               "<root>/vocab.txt")
@@ -181,29 +167,11 @@ class GroundingTask(VLTask):
         "paper": GroundingSchedule(epochs=5, lr=1e-5, batch_size=32, synthetic_train=5000, synthetic_test=1000),
     }
 
-    def synthetic_spec(self, schedule: GroundingSchedule, img_size: int | None) -> dict[str, Any]:
-        size = img_size or 64
-        return {"n_train": schedule.synthetic_train, "n_val": schedule.synthetic_test, "img_size": size,
-                "world": asdict(grounding_world(size))}
-
-    def write_synthetic(self, root: Path, spec: dict[str, Any], seed: int, progress: bool) -> None:
-        world = WorldConfig.from_dict({**spec["world"], "img_size": spec["img_size"]})
-        write_grounding(root, seed=seed, n_train=spec["n_train"], n_test=spec["n_val"], world=world,
-                        progress=progress)
-
-    def check_root(self, root: Path) -> None:
-        if not Path(root).is_dir():
-            raise PelaBenchError(f"--data {self.name}={root} does not exist ({self.layout})")
-        find_json(Path(root), "_train.json")
-        find_json(Path(root), "_test.json")
-
     def load(self, root: Path, schedule: GroundingSchedule, img_size: int | None) -> TaskData:
         root = Path(root)
         self.check_root(root)
         train = read_entries(find_json(root, "_train.json"), {"image": str, "caption": str, "image_id": (str, int)})
-        missing = sorted({str(image_path(root, e)) for e in train if not image_path(root, e).is_file()})
-        if missing:
-            raise PelaBenchError(f"{root}: {len(missing)} image(s) listed but not found, e.g. {missing[0]}")
+        check_images_exist(root, train)
         test, sizes, clipped = _read_test(find_json(root, "_test.json"), root)
         if clipped:
             log.warning("grounding: %d box(es) of %s reach outside their image; clipped to it",
@@ -245,7 +213,9 @@ class GroundingTask(VLTask):
         model.eval()
         layer = self.layer(model, schedule)
         transform = image_transforms(d.img_size, data.provenance == "synthetic", train=False)
-        loader = DataLoader(Expressions(data.root, d.test, d.tokenizer, transform, schedule),
+        expressions = ImageTexts(data.root, d.test, d.tokenizer, transform, schedule.text, "text",
+                                 extra=lambda _e, i: {"index": i})
+        loader = DataLoader(expressions,
                             batch_size=schedule.eval_batch_size, num_workers=workers)
         hits = 0
         for b in loader:

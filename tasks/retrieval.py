@@ -27,8 +27,8 @@ from tasks.base import Metric, RunContext, TaskData, TaskResult, check_files, re
 from tasks.synthetic import WorldConfig, read_marker
 from tasks.synthetic_vl import caption_world, write_retrieval
 from tasks.text import Tokenizer
-from tasks.vl_data import (CaptionPairs, Images, TextSettings, VLSchedule, check_vocabulary, encode_text, find_json,
-                           fine_tune, image_path, image_transforms, VLTask, random_text, read_entries)
+from tasks.vl_data import (CaptionPairs, Images, TextSettings, VLSchedule, VLTask, check_vocabulary, encode_text, find_json,
+                           check_images_exist, fine_tune, image_path, image_transforms, random_text, read_entries)
 
 RECALL_AT = (1, 5, 10)
 
@@ -76,6 +76,7 @@ class RetrievalTask(VLTask):
     measure_scope = ("params: the retrieval model with its momentum copies where it has them (ALBEF), as the paper "
                      "counts; GFLOPs and latency: scoring one image-caption pair (both encoders, and the fusion layers "
                      "and ITM head where the model has them)")
+    world = caption_world
     layout = ("ALBEF retrieval JSON: <root>/*_train.json ({image, caption, image_id} per caption), "
               "<root>/*_test.json ({image, caption: [...]} per image), <root>/vocab.txt")
     schedules = {
@@ -90,22 +91,11 @@ class RetrievalTask(VLTask):
     }
 
     # -- data ---------------------------------------------------------------------------------
-    def synthetic_spec(self, schedule: RetrievalSchedule, img_size: int | None) -> dict[str, Any]:
-        size = img_size or 64
-        return {"n_train": schedule.synthetic_train, "n_val": schedule.synthetic_test, "img_size": size,
-                "world": asdict(caption_world(size))}
-
     def write_synthetic(self, root: Path, spec: dict[str, Any], seed: int, progress: bool) -> None:
         # Validation and test splits are the same size (`n_val`, as for every task's writer).
         world = WorldConfig.from_dict({**spec["world"], "img_size": spec["img_size"]})
         write_retrieval(root, seed=seed, n_train=spec["n_train"], n_val=spec["n_val"], n_test=spec["n_val"],
                         world=world, progress=progress)
-
-    def check_root(self, root: Path) -> None:
-        if not Path(root).is_dir():
-            raise PelaBenchError(f"--data {self.name}={root} does not exist ({self.layout})")
-        find_json(Path(root), "_train.json")
-        find_json(Path(root), "_test.json")
 
     def load(self, root: Path, schedule: RetrievalSchedule, img_size: int | None) -> TaskData:
         root = Path(root)
@@ -115,9 +105,7 @@ class RetrievalTask(VLTask):
         for i, entry in enumerate(test):
             if not entry["caption"]:
                 raise PelaBenchError(f"{find_json(root, '_test.json')} entry {i}: no captions")
-        missing = sorted({str(image_path(root, e)) for e in (*train, *test) if not image_path(root, e).is_file()})
-        if missing:
-            raise PelaBenchError(f"{root}: {len(missing)} image(s) listed but not found, e.g. {missing[0]}")
+        check_images_exist(root, (*train, *test))
         data = RetrievalData(train, test, self.tokenizer(root), img_size or 384)
         audit = {"train_pairs": len(train), "train_images": len({str(e['image_id']) for e in train}),
                  "test_images": len(test), "test_captions": sum(len(e["caption"]) for e in test)}

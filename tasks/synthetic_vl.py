@@ -308,7 +308,8 @@ def refer(objects: list[SceneObject], rng: np.random.Generator) -> list[tuple[in
     return out
 
 
-def _iou(a: list[list[float]], b: list[list[float]]) -> "torch.Tensor":
+def _iou(a: list[list[float]], b: list[list[float]]) -> Any:
+    """Pairwise IoU (a torch tensor) of two lists of ``[x, y, w, h]`` boxes."""
     import torch
     from torchvision.ops import box_convert, box_iou
 

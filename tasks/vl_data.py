@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 from torch import nn
@@ -69,6 +69,13 @@ def find_json(root: Path, suffix: str) -> Path:
 def image_path(root: Path, entry: dict[str, Any]) -> Path:
     path = Path(entry["image"])
     return path if path.is_absolute() else root / path
+
+
+def check_images_exist(root: Path, entries: Iterable[dict[str, Any]]) -> None:
+    """Every listed image is on disk (checked when the data loads, before any training)."""
+    missing = sorted({str(image_path(root, e)) for e in entries if not image_path(root, e).is_file()})
+    if missing:
+        raise PelaBenchError(f"{root}: {len(missing)} image(s) listed but not found, e.g. {missing[0]}")
 
 
 def load_tokenizer(root: Path, kind: str = "vocab") -> Tokenizer | ClipBpeTokenizer:
@@ -134,6 +141,28 @@ def encode_text(tokenizer: Tokenizer, caption: str, text: TextSettings) -> dict[
     ids = tokenizer.encode(pre_caption(caption, text.max_words), text.max_tokens)
     text_ids, text_mask = tokenizer.pad(ids, text.max_tokens)
     return {"text_ids": text_ids, "text_mask": text_mask}
+
+
+class ImageTexts(Dataset):
+    """One sample per entry: its image, its text field `text_key` tokenised, and whatever `extra`
+    adds from the entry and its index (labels, answers, the index itself)."""
+
+    def __init__(self, root: Path, entries: list[dict[str, Any]], tokenizer: Tokenizer, transform: T.Compose,
+                 text: TextSettings, text_key: str,
+                 extra: Callable[[dict[str, Any], int], dict[str, Any]] | None = None) -> None:
+        self.root, self.entries, self.tokenizer, self.transform = root, entries, tokenizer, transform
+        self.text, self.text_key, self.extra = text, text_key, extra
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        e = self.entries[index]
+        sample = {"image": self.transform(load_rgb(str(image_path(self.root, e)))),
+                  **encode_text(self.tokenizer, e[self.text_key], self.text)}
+        if self.extra is not None:
+            sample.update(self.extra(e, index))
+        return sample
 
 
 class Images(Dataset):
@@ -219,6 +248,30 @@ class VLTask(Task):
     # works on any backbone with a text tower (a dual encoder such as CLIP).
     needs_fusion: ClassVar[bool] = True
     tokenizer_kind: str = "vocab"
+    # The JSON files `--data NAME=DIR` must hold (each suffix matched by exactly one file).
+    json_files: ClassVar[tuple[str, ...]] = ("_train.json", "_test.json")
+    # The synthetic scene world the task's writer describes, and the writer:
+    # ``writer(root, seed=, n_train=, n_test=, world=, progress=)``.
+    world: ClassVar[Callable[[int], Any] | None] = None
+    writer: ClassVar[Callable[..., Path] | None] = None
+
+    def synthetic_spec(self, schedule: Any, img_size: int | None) -> dict[str, Any]:
+        size = img_size or 64
+        return {"n_train": schedule.synthetic_train, "n_val": schedule.synthetic_test, "img_size": size,
+                "world": asdict(type(self).world(size))}
+
+    def write_synthetic(self, root: Path, spec: dict[str, Any], seed: int, progress: bool) -> None:
+        from tasks.synthetic import WorldConfig
+
+        world = WorldConfig.from_dict({**spec["world"], "img_size": spec["img_size"]})
+        type(self).writer(root, seed=seed, n_train=spec["n_train"], n_test=spec["n_val"], world=world,
+                          progress=progress)
+
+    def check_root(self, root: Path) -> None:
+        if not Path(root).is_dir():
+            raise PelaBenchError(f"--data {self.name}={root} does not exist ({self.layout})")
+        for suffix in self.json_files:
+            find_json(Path(root), suffix)
 
     def check_backbone(self, info: Any) -> None:
         groups = set(info.feature_groups)

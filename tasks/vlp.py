@@ -20,7 +20,7 @@ from common.objective import ModelObjective
 from tasks.base import TaskData, check_files, register_task
 from tasks.synthetic import WorldConfig, read_marker
 from tasks.synthetic_vl import caption_world, grounding_world, write_pretraining
-from tasks.vl_data import (CaptionPairs, TextSettings, image_path, image_transforms, VLTask,
+from tasks.vl_data import (CaptionPairs, TextSettings, VLTask, check_images_exist, image_path, image_transforms,
                            read_entries)
 from tasks.text import Tokenizer
 
@@ -83,9 +83,7 @@ class VLPretraining(VLTask):
         if not files:
             raise PelaBenchError(f"--data {self.name}={root}: no annotations/*.json file ({self.layout})")
         entries = [read_entries(f, {"image": str, "caption": (str, list)}) for f in files]
-        missing = [image_path(root, e) for es in entries for e in es if not image_path(root, e).is_file()]
-        if missing:
-            raise PelaBenchError(f"{root}: {len(missing)} image(s) listed but not found, e.g. {missing[0]}")
+        check_images_exist(root, (e for es in entries for e in es))
         synthetic = read_marker(root) is not None
         data = PretrainData(files, entries, self.tokenizer(root), schedule.text, img_size or 224)
         audit = {"pairs": sum(len(es) for es in entries), "files": len(files)}

@@ -33,16 +33,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from common.errors import PelaBenchError
 from tasks.base import Metric, RunContext, TaskData, TaskResult, check_files, register_task, trainable_copy
-from tasks.classification import load_rgb
-from tasks.synthetic import WorldConfig, read_marker
+from tasks.synthetic import read_marker
 from tasks.synthetic_vl import ANNOTATORS, caption_world, write_vqa
 from tasks.text import Tokenizer, pre_caption
-from tasks.vl_data import (Scorer, VLSchedule, check_vocabulary, encode_text, find_json, fine_tune, image_path,
-                           image_transforms, VLTask, random_text, read_entries)
+from tasks.vl_data import (ImageTexts, Scorer, VLSchedule, VLTask, check_images_exist, check_vocabulary, find_json,
+                           fine_tune, image_path, image_transforms, random_text, read_entries)
 
 log = logging.getLogger("pela_bench")
 ANSWER_LIST = "answer_list.json"
@@ -105,44 +104,22 @@ def encode_answer(tokenizer: Tokenizer, answer: str, length: int) -> tuple[torch
     return tokenizer.pad(tokenizer.encode(pre_caption(answer), length), length)
 
 
-class QuestionAnswers(Dataset):
+def question_answers(root: Path, entries: list[dict[str, Any]], tokenizer: Tokenizer, transform: Any,
+                     schedule: VQASchedule) -> ImageTexts:
     """Training samples: image, question, and the question's distinct answers in `max_answers` slots
     with their weights (annotator share; 0 marks an unused slot)."""
 
-    def __init__(self, root: Path, entries: list[dict[str, Any]], tokenizer: Tokenizer, transform: Any,
-                 schedule: VQASchedule) -> None:
-        self.root, self.entries, self.tokenizer, self.transform, self.schedule = root, entries, tokenizer, transform, schedule
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        e, s = self.entries[index], self.schedule
-        counts = Counter(e["answer"]).most_common(s.max_answers)
-        ids = torch.full((s.max_answers, s.answer_tokens), self.tokenizer.pad_id, dtype=torch.long)
-        mask = torch.zeros(s.max_answers, s.answer_tokens, dtype=torch.long)
-        weight = torch.zeros(s.max_answers)
+    def answers(e: dict[str, Any], _index: int) -> dict[str, torch.Tensor]:
+        counts = Counter(e["answer"]).most_common(schedule.max_answers)
+        ids = torch.full((schedule.max_answers, schedule.answer_tokens), tokenizer.pad_id, dtype=torch.long)
+        mask = torch.zeros(schedule.max_answers, schedule.answer_tokens, dtype=torch.long)
+        weight = torch.zeros(schedule.max_answers)
         for slot, (answer, n) in enumerate(counts):
-            ids[slot], mask[slot] = encode_answer(self.tokenizer, answer, s.answer_tokens)
+            ids[slot], mask[slot] = encode_answer(tokenizer, answer, schedule.answer_tokens)
             weight[slot] = n / len(e["answer"])
-        sample = {"image": self.transform(load_rgb(str(image_path(self.root, e)))),
-                  "answer_ids": ids, "answer_mask": mask, "answer_weight": weight}
-        sample.update(encode_text(self.tokenizer, e["question"], s.text))
-        return sample
+        return {"answer_ids": ids, "answer_mask": mask, "answer_weight": weight}
 
-
-class Questions(Dataset):
-    def __init__(self, root: Path, entries: list[dict[str, Any]], tokenizer: Tokenizer, transform: Any,
-                 schedule: VQASchedule) -> None:
-        self.root, self.entries, self.tokenizer, self.transform, self.schedule = root, entries, tokenizer, transform, schedule
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        e = self.entries[index]
-        return {"image": self.transform(load_rgb(str(image_path(self.root, e)))),
-                **encode_text(self.tokenizer, e["question"], self.schedule.text)}
+    return ImageTexts(root, entries, tokenizer, transform, schedule.text, "question", extra=answers)
 
 
 def _read_answer_list(path: Path) -> list[str]:
@@ -181,6 +158,7 @@ class VQATask(VLTask):
     fine_tunes = True
     measure_scope = ("params: the VQA model (answer decoder included) with its momentum copies, as the paper "
                      "counts; GFLOPs and latency: one question with its image, decoding one candidate answer")
+    world, writer = caption_world, write_vqa
     layout = ("ALBEF VQA JSON: <root>/*_train.json and one <root>/*_test.json ({question_id, image, question, "
               "answer: [...]} per question; the test entries with their human answers), <root>/answer_list.json, "
               "<root>/vocab.txt")
@@ -194,15 +172,6 @@ class VQATask(VLTask):
     }
 
     # -- data ---------------------------------------------------------------------------------
-    def synthetic_spec(self, schedule: VQASchedule, img_size: int | None) -> dict[str, Any]:
-        size = img_size or 64
-        return {"n_train": schedule.synthetic_train, "n_val": schedule.synthetic_test, "img_size": size,
-                "world": asdict(caption_world(size))}
-
-    def write_synthetic(self, root: Path, spec: dict[str, Any], seed: int, progress: bool) -> None:
-        world = WorldConfig.from_dict({**spec["world"], "img_size": spec["img_size"]})
-        write_vqa(root, seed=seed, n_train=spec["n_train"], n_test=spec["n_val"], world=world, progress=progress)
-
     def check_root(self, root: Path) -> None:
         root = Path(root)
         if not root.is_dir():
@@ -226,9 +195,7 @@ class VQATask(VLTask):
         test = read_entries(test_path, fields)
         _check_answers(test_path, test)
         answers = _read_answer_list(root / ANSWER_LIST)
-        missing = sorted({str(image_path(root, e)) for e in (*train, *test) if not image_path(root, e).is_file()})
-        if missing:
-            raise PelaBenchError(f"{root}: {len(missing)} image(s) listed but not found, e.g. {missing[0]}")
+        check_images_exist(root, (*train, *test))
         tokenizer = self.tokenizer(root)
         too_long = [a for a in answers if len(tokenizer.encode(pre_caption(a), 10**6)) > schedule.answer_tokens]
         if too_long:
@@ -257,7 +224,7 @@ class VQATask(VLTask):
         check_vocabulary(student, d.tokenizer)
         model = trainable_copy(student).attach_answer_decoder().to(ctx.device)
         transform = image_transforms(d.img_size, data.provenance == "synthetic", train=True)
-        train = QuestionAnswers(data.root, d.train, d.tokenizer, transform, schedule)
+        train = question_answers(data.root, d.train, d.tokenizer, transform, schedule)
         details, seconds = fine_tune(model, "vqa", train, schedule, ctx, self.name)
         metrics = self.evaluate(model, data, schedule, ctx.device, ctx.workers)
         details.update(schedule=asdict(schedule), data_audit=data.audit)
@@ -273,7 +240,7 @@ class VQATask(VLTask):
         answer_ids = torch.stack([e[0] for e in encoded]).to(device)
         answer_mask = torch.stack([e[1] for e in encoded]).to(device)
         transform = image_transforms(d.img_size, data.provenance == "synthetic", train=False)
-        loader = DataLoader(Questions(data.root, d.test, d.tokenizer, transform, schedule),
+        loader = DataLoader(ImageTexts(data.root, d.test, d.tokenizer, transform, schedule.text, "question"),
                             batch_size=schedule.eval_batch_size, num_workers=workers)
         picks = []
         for batch in loader:

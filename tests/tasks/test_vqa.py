@@ -67,11 +67,11 @@ def test_synthetic_questions_in_albef_json(vqa_root):
 
 def test_training_samples_weight_each_distinct_answer_by_its_annotators(vqa_root):
     from tasks.vl_data import image_transforms
-    from tasks.vqa import QuestionAnswers
+    from tasks.vqa import question_answers
 
     task = create_task("vqa")
     data = task.load(vqa_root, TINY, 64)
-    ds = QuestionAnswers(data.root, data.content.train, data.content.tokenizer, image_transforms(64, True, False), TINY)
+    ds = question_answers(data.root, data.content.train, data.content.tokenizer, image_transforms(64, True, False), TINY)
     for i, e in enumerate(data.content.train[:6]):
         s = ds[i]
         counts = Counter(e["answer"]).most_common()
