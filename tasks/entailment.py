@@ -38,8 +38,11 @@ class EntailmentData:
 
 def hypotheses(root: Path, entries: list[dict[str, Any]], tokenizer: Tokenizer, transform: Any,
                schedule: VLSchedule) -> ImageTexts:
-    return ImageTexts(root, entries, tokenizer, transform, schedule.text, "sentence",
-                      extra=lambda e, _i: {"label": VE_LABELS.index(e["label"])})
+    return ImageTexts(root, entries, tokenizer, transform, schedule.text, "sentence", extra=_label)
+
+
+def _label(entry: dict[str, Any], _index: int) -> dict[str, int]:  # module level: loader workers pickle it
+    return {"label": VE_LABELS.index(entry["label"])}
 
 
 def _read(path: Path) -> list[dict[str, Any]]:

@@ -104,6 +104,10 @@ def _read_test(path: Path, root: Path) -> tuple[list[dict[str, Any]], dict[str, 
     return entries, sizes, clipped
 
 
+def _index(_entry: dict[str, Any], index: int) -> dict[str, int]:  # module level: loader workers pickle it
+    return {"index": index}
+
+
 def box_iou(a: list[float], b: list[float]) -> float:
     """IoU of two ``[x, y, w, h]`` boxes."""
     ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
@@ -213,8 +217,7 @@ class GroundingTask(VLTask):
         model.eval()
         layer = self.layer(model, schedule)
         transform = image_transforms(d.img_size, data.provenance == "synthetic", train=False)
-        expressions = ImageTexts(data.root, d.test, d.tokenizer, transform, schedule.text, "text",
-                                 extra=lambda _e, i: {"index": i})
+        expressions = ImageTexts(data.root, d.test, d.tokenizer, transform, schedule.text, "text", extra=_index)
         loader = DataLoader(expressions,
                             batch_size=schedule.eval_batch_size, num_workers=workers)
         hits = 0

@@ -28,6 +28,7 @@ import logging
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -104,22 +105,24 @@ def encode_answer(tokenizer: Tokenizer, answer: str, length: int) -> tuple[torch
     return tokenizer.pad(tokenizer.encode(pre_caption(answer), length), length)
 
 
+def _answer_slots(entry: dict[str, Any], _index: int, tokenizer: Tokenizer, schedule: VQASchedule
+                  ) -> dict[str, torch.Tensor]:
+    counts = Counter(entry["answer"]).most_common(schedule.max_answers)
+    ids = torch.full((schedule.max_answers, schedule.answer_tokens), tokenizer.pad_id, dtype=torch.long)
+    mask = torch.zeros(schedule.max_answers, schedule.answer_tokens, dtype=torch.long)
+    weight = torch.zeros(schedule.max_answers)
+    for slot, (answer, n) in enumerate(counts):
+        ids[slot], mask[slot] = encode_answer(tokenizer, answer, schedule.answer_tokens)
+        weight[slot] = n / len(entry["answer"])
+    return {"answer_ids": ids, "answer_mask": mask, "answer_weight": weight}
+
+
 def question_answers(root: Path, entries: list[dict[str, Any]], tokenizer: Tokenizer, transform: Any,
                      schedule: VQASchedule) -> ImageTexts:
     """Training samples: image, question, and the question's distinct answers in `max_answers` slots
     with their weights (annotator share; 0 marks an unused slot)."""
-
-    def answers(e: dict[str, Any], _index: int) -> dict[str, torch.Tensor]:
-        counts = Counter(e["answer"]).most_common(schedule.max_answers)
-        ids = torch.full((schedule.max_answers, schedule.answer_tokens), tokenizer.pad_id, dtype=torch.long)
-        mask = torch.zeros(schedule.max_answers, schedule.answer_tokens, dtype=torch.long)
-        weight = torch.zeros(schedule.max_answers)
-        for slot, (answer, n) in enumerate(counts):
-            ids[slot], mask[slot] = encode_answer(tokenizer, answer, schedule.answer_tokens)
-            weight[slot] = n / len(e["answer"])
-        return {"answer_ids": ids, "answer_mask": mask, "answer_weight": weight}
-
-    return ImageTexts(root, entries, tokenizer, transform, schedule.text, "question", extra=answers)
+    return ImageTexts(root, entries, tokenizer, transform, schedule.text, "question",
+                      extra=partial(_answer_slots, tokenizer=tokenizer, schedule=schedule))
 
 
 def _read_answer_list(path: Path) -> list[str]:
