@@ -168,8 +168,12 @@ def render_plot(rows: list[dict[str, Any]]) -> bytes | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False)
-    for ax, ((task, backbone, provenance), group) in zip(axes[0], sorted(groups.items())):
+    cols = min(3, len(groups))  # a grid, so a store of many tasks stays readable
+    rows_n = -(-len(groups) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(6 * cols, 4.5 * rows_n), squeeze=False)
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
+    for ax, ((task, backbone, provenance), group) in zip(axes.flat, sorted(groups.items())):
         primary = group[0].get("primary_metric", "top1")
         points: dict[tuple[float, float], list[str]] = {}
         for r in group:
