@@ -186,6 +186,20 @@ class ClipBackbone(Backbone):
     def reset_classifier(self, num_classes: int) -> None:
         raise PelaBenchError(f"{self.info.name} has no classifier to reset")
 
+    def adapt_state_dict(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Accept an open_clip checkpoint (``visual.…``, attention as ``in_proj_weight``) as well as our own."""
+        if any(k.startswith("model.") for k in state):
+            return dict(state)
+        out: dict[str, torch.Tensor] = {}
+        for key, value in state.items():
+            prefix, _, name = key.rpartition(".")
+            if name in ("in_proj_weight", "in_proj_bias"):  # one (3 d, ...) tensor -> the q, k and v maps
+                for part, chunk in zip(("q", "k", "v"), value.chunk(3)):
+                    out[f"model.{prefix}.{part}.{'weight' if name.endswith('weight') else 'bias'}"] = chunk
+            else:
+                out[f"model.{key}"] = value
+        return out
+
     def text_vocab_size(self) -> int:
         return self.model.token_embedding.num_embeddings
 

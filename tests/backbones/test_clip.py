@@ -90,6 +90,25 @@ def test_clip_tiny_pools_at_the_last_real_token_and_trains_contrastively():
         create_backbone("clip_tiny", weights="hub")
 
 
+def test_an_open_clip_checkpoint_loads_into_the_linear_attention(tmp_path):
+    import open_clip
+
+    from backbones import load_into
+
+    torch.manual_seed(0)
+    ref = open_clip.create_model("ViT-B-16", pretrained=None).eval()
+    path = tmp_path / "open_clip.pt"
+    torch.save(ref.state_dict(), path)  # open_clip's own layout: attn.in_proj_weight
+    model = create_backbone("clip_b16")
+    load_into(model, path)
+    image = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(model.eval().encode_image(image), ref.encode_image(image), atol=1e-4)
+    again = tmp_path / "ours.pt"
+    torch.save(model.state_dict(), again)  # and our own layout round-trips
+    load_into(create_backbone("clip_b16"), again)
+
+
 def test_bundled_bpe_tokenizer_works_offline():
     from tasks.text import ClipBpeTokenizer
 
