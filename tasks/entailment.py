@@ -70,7 +70,9 @@ class EntailmentTask(VLTask):
     schedules = {
         "tiny": VLSchedule(epochs=1, lr=1e-3, batch_size=16, eval_batch_size=32, synthetic_train=16, synthetic_test=8,
                            latency_repeats=3),
-        "smoke": VLSchedule(epochs=3, lr=5e-4, batch_size=32, warmup_epochs=0.5, synthetic_train=300,
+        # 8 epochs: in 3, every student (the uncompressed one too) stops at the sentence-only ceiling
+        # (neutral told apart by its words, the rest a coin flip: 66.7 %); by 8 the image starts to count.
+        "smoke": VLSchedule(epochs=8, lr=5e-4, batch_size=32, warmup_epochs=0.5, synthetic_train=300,
                             synthetic_test=150),
         # ALBEF's SNLI-VE fine-tune: 5 epochs at 2e-5, batch 32 per GPU (x 8).
         "paper": VLSchedule(epochs=5, lr=2e-5, batch_size=32, synthetic_train=5000, synthetic_test=1000),
