@@ -57,8 +57,7 @@ _TEMPLATES = (
 _FILLER = ("a", "picture", "of", "there", "is", "with", "other", "shapes", "shape", "the", "in", "and", "at", "on",
            "next", "to", "small", "large", "middle", "left", "right", "top", "bottom", "centre")
 # Questions, unverifiable claims (SNLI-VE's neutral hypotheses) and referring expressions.
-_QUESTION_WORDS = ("what", "colour", "pattern", "does", "have", "how", "many", "are", "where", "which", "yes", "no",
-                   "one", "that")
+_QUESTION_WORDS = ("what", "colour", "pattern", "does", "have", "which", "yes", "no", "that")
 NEUTRAL_WORDS = ("heavy", "wooden", "expensive", "famous", "old", "new")
 
 
@@ -181,18 +180,18 @@ ANNOTATORS = 10  # answers per question, as VQAv2 collects them
 QUESTIONS_PER_IMAGE = 3
 
 
-def _place_word(place: str) -> str:
-    return place.split(" ", 2)[-1]  # "at the top left" -> "top left"
-
-
 def answer_space(world: WorldConfig) -> dict[str, list[str]]:
     """Every answer each question type can have (the candidate list is their union)."""
     return {"colour": list(world.colours), "pattern": list(world.patterns), "shape": list(world.shapes),
-            "count": list(_COUNTS[1:3]), "yesno": ["yes", "no"], "where": [_place_word(p) for p in _PLACES]}
+            "yesno": ["yes", "no"]}
 
 
 def ask(objects: list[SceneObject], world: WorldConfig, rng: np.random.Generator) -> list[tuple[str, str, str]]:
-    """Questions about a scene's subject as (type, question, true answer), `QUESTIONS_PER_IMAGE` different types."""
+    """Questions about a scene's subject as (type, question, true answer), `QUESTIONS_PER_IMAGE` different types.
+
+    No "how many" or "where" questions: in this world the answer prior settles them (the subject
+    is large and mostly central, with at most one faint distractor; a question-only guess scored
+    64 % and 62 % on them, as well as a trained model), so they would only dilute what VQA measures."""
     subject = objects[0]
     same_shape = any(o.shape == subject.shape for o in objects[1:])
     the = f"the large {subject.shape}" if same_shape else f"the {subject.shape}"
@@ -202,9 +201,7 @@ def ask(objects: list[SceneObject], world: WorldConfig, rng: np.random.Generator
         "colour": (f"what colour is {the}", subject.colour),
         "pattern": (f"what pattern does the large {subject.colour} shape have", subject.pattern),
         "shape": (f"which shape is {subject.colour} and {subject.pattern}", subject.shape),
-        "count": ("how many shapes are there", _COUNTS[min(len(objects), 2)]),
         "yesno": (f"is {the} {asked_colour}", "yes" if asked_colour == subject.colour else "no"),
-        "where": (f"where is the large {subject.colour} shape", _place_word(_where(subject, world.img_size))),
     }
     kinds = list(questions)
     picks = rng.choice(len(kinds), size=QUESTIONS_PER_IMAGE, replace=False)
