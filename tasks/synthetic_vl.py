@@ -43,6 +43,9 @@ from tasks.synthetic import GENERATOR_VERSION, MARKER_FILE, SceneObject, WorldCo
 from tasks.text import SPECIAL_TOKENS, Tokenizer
 
 CAPTIONS_PER_IMAGE = 5
+# Part of every vision-language data stage's spec: bump it when a writer's output changes, so a
+# reused `--out` regenerates the data instead of reusing what an older writer wrote.
+VL_WRITER_VERSION = 2
 _SIZES = ("small", "large")
 _COUNTS = ("no", "one", "two", "three", "four")
 _TEMPLATES = (

@@ -256,9 +256,11 @@ class VLTask(Task):
     writer: ClassVar[Callable[..., Path] | None] = None
 
     def synthetic_spec(self, schedule: Any, img_size: int | None) -> dict[str, Any]:
+        from tasks import synthetic_vl
+
         size = img_size or 64
         return {"n_train": schedule.synthetic_train, "n_val": schedule.synthetic_test, "img_size": size,
-                "world": asdict(type(self).world(size))}
+                "world": asdict(type(self).world(size)), "writer": synthetic_vl.VL_WRITER_VERSION}
 
     def write_synthetic(self, root: Path, spec: dict[str, Any], seed: int, progress: bool) -> None:
         from tasks.synthetic import WorldConfig

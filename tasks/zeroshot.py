@@ -27,6 +27,7 @@ from common.errors import PelaBenchError
 from tasks.base import Metric, RunContext, TaskData, TaskResult, check_files, register_task
 from tasks.classification import image_folder
 from tasks.synthetic import WorldConfig, read_marker, write_classification
+from tasks import synthetic_vl
 from tasks.synthetic_vl import caption_world, vocabulary
 from tasks.text import Tokenizer
 from tasks.vl_data import VOCAB_FILE, Scorer, TextSettings, VLTask, check_vocabulary, encode_text, image_transforms
@@ -85,7 +86,7 @@ class ZeroShotTask(VLTask):
     def synthetic_spec(self, schedule: ZeroShotSchedule, img_size: int | None) -> dict[str, Any]:
         size = img_size or 64
         return {"n_val": schedule.synthetic_val, "img_size": size, "world": asdict(WorldConfig(img_size=size)),
-                "vocabulary": vocabulary(caption_world(size))}
+                "vocabulary": vocabulary(caption_world(size)), "writer": synthetic_vl.VL_WRITER_VERSION}
 
     def write_synthetic(self, root: Path, spec: dict[str, Any], seed: int, progress: bool) -> None:
         # The classification world's scenes, read with the captions' vocabulary (what the model learnt).

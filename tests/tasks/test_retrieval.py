@@ -132,3 +132,14 @@ def test_vl_tasks_refuse_a_vision_only_backbone_and_pretraining_samples_carry_ma
     assert set(sample) == {"image", "text_ids", "text_mask", "mlm_ids", "mlm_labels"}
     assert sample["image"].shape == (3, 64, 64) and sample["text_ids"].shape == (20,)
     assert task.backbone_overrides(data) == {"vocab_size": len(data.content.tokenizer)}
+
+
+@pytest.mark.parametrize("name", ["vlp", "retrieval", "vqa", "ve", "grounding", "zeroshot"])
+def test_vl_data_stages_are_keyed_by_the_writer_version(name, monkeypatch):
+    import tasks.synthetic_vl as writers
+
+    task = create_task(name)
+    spec = task.synthetic_spec(task.schedule("tiny"), 64)
+    assert spec["writer"] == writers.VL_WRITER_VERSION
+    monkeypatch.setattr(writers, "VL_WRITER_VERSION", writers.VL_WRITER_VERSION + 1)
+    assert task.synthetic_spec(task.schedule("tiny"), 64) != spec  # a new writer, a new data stage
