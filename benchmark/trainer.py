@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from common.batch import move_to
 from common.errors import PelaBenchError
 from common.io import atomic_save_torch
 
@@ -65,17 +66,6 @@ def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float) -> 
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def move_to(batch: Any, device: torch.device) -> Any:
-    """A batch with every tensor on `device`, through dicts, lists and tuples."""
-    if torch.is_tensor(batch):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: move_to(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to(v, device) for v in batch)
-    return batch
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

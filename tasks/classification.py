@@ -19,6 +19,7 @@ from torchvision import transforms as T
 
 from common.errors import PelaBenchError
 from tasks.base import Metric, RunContext, Task, TaskData, TaskResult, check_files, register_task
+from tasks import synthetic as scenes
 from tasks.synthetic import WorldConfig, read_marker, write_classification
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -141,7 +142,8 @@ class ClassificationTask(Task):
     }
 
     def synthetic_spec(self, schedule: ClassificationSchedule, img_size: int | None) -> dict[str, Any]:
-        return {"n_train": schedule.synthetic_train, "n_val": schedule.synthetic_val, "img_size": img_size or 64}
+        return {"n_train": schedule.synthetic_train, "n_val": schedule.synthetic_val, "img_size": img_size or 64,
+                "generator": scenes.GENERATOR_VERSION}
 
     def write_synthetic(self, root: Path, spec: dict[str, Any], seed: int, progress: bool) -> None:
         write_classification(root, seed=seed, n_train=spec["n_train"], n_val=spec["n_val"],

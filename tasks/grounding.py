@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from common.errors import PelaBenchError
-from tasks.base import Metric, RunContext, TaskData, TaskResult, check_files, register_task, trainable_copy
+from tasks.base import Metric, TaskData, check_files, register_task
 from tasks.synthetic import read_marker
 from tasks.synthetic_vl import grounding_world, write_grounding
 from tasks.text import Tokenizer, pre_caption
-from tasks.vl_data import (CaptionPairs, ImageTexts, VLSchedule, VLTask, check_images_exist, check_vocabulary, find_json,
-                           fine_tune, image_path, image_transforms, random_text, read_entries)
+from tasks.vl_data import (CaptionPairs, FineTunedVLTask, ImageTexts, VLSchedule, check_images_exist, find_json,
+                           image_path, image_transforms, read_entries, training_pairs)
 
 log = logging.getLogger("pela_bench")
 
@@ -149,12 +149,11 @@ def gradcam(model: nn.Module, image: torch.Tensor, text_ids: torch.Tensor, text_
 
 
 @register_task
-class GroundingTask(VLTask):
+class GroundingTask(FineTunedVLTask):
     name = "grounding"
     aliases = ("refcoco+", "wsg")
     metrics = (Metric("grounding_acc", "grounding acc"),)
     primary_metric = "grounding_acc"
-    fine_tunes = True
     needs = ("patch_grid",)  # Grad-CAM maps the cross-attention back onto the image's patch grid
     measure_scope = ("params: the retrieval-shaped model with its momentum copies, as the paper counts; GFLOPs and "
                      "latency: the ITM forward of one image-expression pair (Grad-CAM adds one backward)")
@@ -197,19 +196,18 @@ class GroundingTask(VLTask):
         cfg = model.cfg.text
         return min(2, cfg.depth - cfg.fusion_start - 1)
 
-    def run(self, student: nn.Module, data: TaskData, schedule: GroundingSchedule, ctx: RunContext) -> TaskResult:
-        d: GroundingData = data.content
-        check_vocabulary(student, d.tokenizer)
-        model = trainable_copy(student).to(ctx.device)
-        model.drop_mlm_head()
-        ids: dict[str, int] = {}
-        image_ids = [ids.setdefault(str(e["image_id"]), len(ids)) for e in d.train]
-        transform = image_transforms(d.img_size, data.provenance == "synthetic", train=True)
-        pairs = CaptionPairs(data.root, d.train, d.tokenizer, transform, schedule.text, image_ids=image_ids)
-        details, seconds = fine_tune(model, "itc_itm", pairs, schedule, ctx, self.name)
-        metrics = self.evaluate(model, data, schedule, ctx.device, ctx.workers)
-        details.update(schedule=asdict(schedule), data_audit=data.audit, gradcam_layer=self.layer(model, schedule))
-        return TaskResult(metrics, model.eval(), seconds, details)
+    def task_model(self, student: nn.Module) -> nn.Module:
+        student.drop_mlm_head()  # trained like the retrieval model, on image-expression pairs
+        return student
+
+    def train_objective(self, model: nn.Module) -> str:
+        return "itc_itm"
+
+    def train_set(self, data: TaskData, schedule: GroundingSchedule) -> CaptionPairs:
+        return training_pairs(data, schedule.text)
+
+    def row_details(self, model: nn.Module, schedule: GroundingSchedule) -> dict[str, Any]:
+        return {"gradcam_layer": self.layer(model, schedule)}
 
     def evaluate(self, model: nn.Module, data: TaskData, schedule: GroundingSchedule, device: torch.device,
                  workers: int = 0) -> dict[str, float]:
@@ -230,16 +228,3 @@ class GroundingTask(VLTask):
                 chosen = e["proposals"][pick_proposal(full, e["proposals"])]
                 hits += box_iou(chosen, e["bbox"]) >= 0.5
         return {"grounding_acc": 100.0 * hits / len(d.test)}
-
-    def example_inputs(self, data: TaskData, schedule: GroundingSchedule, model: nn.Module, batch_size: int
-                       ) -> dict[str, torch.Tensor]:
-        size = data.content.img_size
-        g = torch.Generator().manual_seed(0)
-        return {"image": torch.randn(batch_size, 3, size, size, generator=g),
-                **random_text(batch_size, schedule.text.max_tokens, len(data.content.tokenizer), g)}
-
-    def input_size(self, schedule: GroundingSchedule, data: TaskData) -> int:
-        return data.content.img_size
-
-    def describe_schedule(self, schedule: GroundingSchedule, batch: int | None = None) -> str:
-        return f"{schedule.epochs} epochs, batch {batch or schedule.batch_size}"

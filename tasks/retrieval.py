@@ -14,7 +14,7 @@ Data root: ``*_train.json`` (one entry per caption: ``{"image", "caption", "imag
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from common.errors import PelaBenchError
-from tasks.base import Metric, RunContext, TaskData, TaskResult, check_files, register_task, trainable_copy
+from tasks.base import Metric, TaskData, check_files, register_task
 from tasks.synthetic import WorldConfig, read_marker
 from tasks.synthetic_vl import caption_world, write_retrieval
 from tasks.text import Tokenizer
-from tasks.vl_data import (CaptionPairs, Images, TextSettings, VLSchedule, VLTask, check_vocabulary, encode_text, find_json,
-                           check_images_exist, fine_tune, image_path, image_transforms, random_text, read_entries)
+from tasks.vl_data import (CaptionPairs, FineTunedVLTask, Images, TextSettings, VLSchedule, check_images_exist,
+                           encode_text, find_json, image_path, image_transforms, read_entries, training_pairs)
 
 RECALL_AT = (1, 5, 10)
 
@@ -65,14 +65,13 @@ def retrieval_metrics(i2t: torch.Tensor, t2i: torch.Tensor, img2txt: list[list[i
 
 
 @register_task
-class RetrievalTask(VLTask):
+class RetrievalTask(FineTunedVLTask):
     name = "retrieval"
     needs_fusion = False  # a dual encoder ranks by similarity alone
     aliases = ("ret", "itr")
     metrics = (*(Metric(f"{n}{k}", f"{n.upper()}@{k}") for n in ("tr", "ir") for k in RECALL_AT),
                Metric("r_mean", "R mean"))
     primary_metric = "r_mean"
-    fine_tunes = True
     measure_scope = ("params: the retrieval model with its momentum copies where it has them (ALBEF), as the paper "
                      "counts; GFLOPs and latency: scoring one image-caption pair (both encoders, and the fusion layers "
                      "and ITM head where the model has them)")
@@ -117,22 +116,15 @@ class RetrievalTask(VLTask):
         return {"images": check_files(paths, "checking retrieval images", progress)}
 
     # -- fine-tune and evaluate ---------------------------------------------------------------
-    def train_pairs(self, data: TaskData, schedule: RetrievalSchedule) -> CaptionPairs:
-        d: RetrievalData = data.content
-        ids: dict[str, int] = {}
-        image_ids = [ids.setdefault(str(e["image_id"]), len(ids)) for e in d.train]
-        transform = image_transforms(d.img_size, data.provenance == "synthetic", train=True)
-        return CaptionPairs(data.root, d.train, d.tokenizer, transform, schedule.text, image_ids=image_ids)
+    def train_set(self, data: TaskData, schedule: RetrievalSchedule) -> CaptionPairs:
+        return training_pairs(data, schedule.text)
 
-    def run(self, student: nn.Module, data: TaskData, schedule: RetrievalSchedule, ctx: RunContext) -> TaskResult:
-        check_vocabulary(student, data.content.tokenizer)
-        model = trainable_copy(student).to(ctx.device)
-        model.drop_mlm_head()  # the retrieval model (ALBEF's has no masked-language head)
-        details, seconds = fine_tune(model, "itc_itm" if _matches(model) else "itc", self.train_pairs(data, schedule),
-                                     schedule, ctx, self.name)
-        metrics = self.evaluate(model, data, schedule, ctx.device, ctx.workers)
-        details.update(schedule=asdict(schedule), data_audit=data.audit)
-        return TaskResult(metrics, model.eval(), seconds, details)
+    def task_model(self, student: nn.Module) -> nn.Module:
+        student.drop_mlm_head()  # the retrieval model (ALBEF's has no masked-language head)
+        return student
+
+    def train_objective(self, model: nn.Module) -> str:
+        return "itc_itm" if _matches(model) else "itc"
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: TaskData, schedule: RetrievalSchedule, device: torch.device,
@@ -177,20 +169,6 @@ class RetrievalTask(VLTask):
         cols = torch.arange(sims.shape[1], device=device).repeat_interleave(k)
         t2i[cols, top_i.flatten()] = rerank(top_i.flatten(), cols)
         return retrieval_metrics(i2t.cpu(), t2i.cpu(), img2txt, txt2img)
-
-    # -- efficiency ------------------------------------------------------------------------------
-    def example_inputs(self, data: TaskData, schedule: RetrievalSchedule, model: nn.Module, batch_size: int
-                       ) -> dict[str, torch.Tensor]:
-        size, length = data.content.img_size, schedule.text.max_tokens
-        g = torch.Generator().manual_seed(0)
-        return {"image": torch.randn(batch_size, 3, size, size, generator=g),
-                **random_text(batch_size, length, len(data.content.tokenizer), g)}
-
-    def input_size(self, schedule: RetrievalSchedule, data: TaskData) -> int:
-        return data.content.img_size
-
-    def describe_schedule(self, schedule: RetrievalSchedule, batch: int | None = None) -> str:
-        return f"{schedule.epochs} epochs, batch {batch or schedule.batch_size}, k_test {schedule.k_test}"
 
 
 def _matches(model: nn.Module) -> bool:

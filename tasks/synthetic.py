@@ -42,6 +42,8 @@ PATTERNS: tuple[str, ...] = ("solid", "striped", "halved", "hollow")
 # Hues in degrees; neighbours are 90 degrees apart before jitter.
 COLOURS: dict[str, float] = {"red": 0.0, "yellow": 60.0, "green": 130.0, "blue": 225.0}
 MARKER_FILE = "pela_synthetic.json"
+# Part of every synthetic data stage's spec (and of the marker): bump it when a writer's output changes, so
+# a reused `--out` regenerates the scenes instead of reusing what an older writer drew.
 GENERATOR_VERSION = 1
 
 

@@ -16,11 +16,12 @@ from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from common.batch import move_to
 from common.errors import PelaBenchError
-from tasks.base import RunContext, Task, TaskData
+from tasks.base import RunContext, Task, TaskData, TaskResult, trainable_copy
 from tasks.classification import load_rgb
 from tasks.synthetic import read_marker
 from tasks.text import BERT_VOCAB_SIZE, ClipBpeTokenizer, Tokenizer, mask_tokens, pre_caption
@@ -135,6 +136,16 @@ class CaptionPairs(Dataset):
             sample["mlm_ids"], sample["mlm_labels"] = mask_tokens(sample["text_ids"], self.tokenizer,
                                                                   self.text.mlm_probability)
         return sample
+
+
+def training_pairs(data: TaskData, text: TextSettings) -> CaptionPairs:
+    """The training split's ``{image, caption, image_id}`` entries (``data.content.train``) as pairs whose
+    images are numbered in order of first appearance: the captions of one image are ITC's positives."""
+    d = data.content
+    ids: dict[str, int] = {}
+    image_ids = [ids.setdefault(str(e["image_id"]), len(ids)) for e in d.train]
+    transform = image_transforms(d.img_size, data.provenance == "synthetic", train=True)
+    return CaptionPairs(data.root, d.train, d.tokenizer, transform, text, image_ids=image_ids)
 
 
 def encode_text(tokenizer: Tokenizer, caption: str, text: TextSettings) -> dict[str, torch.Tensor]:
@@ -256,11 +267,12 @@ class VLTask(Task):
     writer: ClassVar[Callable[..., Path] | None] = None
 
     def synthetic_spec(self, schedule: Any, img_size: int | None) -> dict[str, Any]:
-        from tasks import synthetic_vl
+        from tasks import synthetic as scenes, synthetic_vl
 
         size = img_size or 64
         return {"n_train": schedule.synthetic_train, "n_val": schedule.synthetic_test, "img_size": size,
-                "world": asdict(type(self).world(size)), "writer": synthetic_vl.VL_WRITER_VERSION}
+                "world": asdict(type(self).world(size)), "writer": synthetic_vl.VL_WRITER_VERSION,
+                "generator": scenes.GENERATOR_VERSION}
 
     def write_synthetic(self, root: Path, spec: dict[str, Any], seed: int, progress: bool) -> None:
         from tasks.synthetic import WorldConfig
@@ -292,3 +304,80 @@ class VLTask(Task):
 
     def backbone_overrides(self, data: TaskData) -> dict[str, Any]:
         return {"vocab_size": len(data.content.tokenizer)}
+
+
+class FineTunedVLTask(VLTask):
+    """A vision-language task that fine-tunes the whole student on the model's own objective, then scores
+    it: the one `run` and the one Table 9 training step (`train_step`) of retrieval, VQA, SNLI-VE and
+    grounding. Each task says what its model is, what it trains on, and how it is scored."""
+
+    fine_tunes = True
+
+    def task_model(self, student: nn.Module) -> nn.Module:
+        """The model the task fine-tunes, built on a trainable copy of the student (a head attached,
+        unused heads dropped); called with the RNG seeded, so new heads do not depend on earlier stages."""
+        return student
+
+    def train_objective(self, model: nn.Module) -> str:
+        """The name of the model's objective the task fine-tunes with (`objective_terms(name, batch)`)."""
+        raise NotImplementedError
+
+    def train_set(self, data: TaskData, schedule: Any) -> Dataset:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, data: TaskData, schedule: Any, device: torch.device,
+                 workers: int = 0) -> dict[str, float]:
+        raise NotImplementedError
+
+    def row_details(self, model: nn.Module, schedule: Any) -> dict[str, Any]:
+        """What the row records beyond the schedule and the data audit (the Grad-CAM layer, ...)."""
+        return {}
+
+    def _build(self, student: nn.Module, data: TaskData, seed: int | None, device: torch.device) -> nn.Module:
+        check_vocabulary(student, data.content.tokenizer)
+        if seed is not None:
+            torch.manual_seed(seed)
+        return self.task_model(trainable_copy(student)).to(device)
+
+    def run(self, student: nn.Module, data: TaskData, schedule: Any, ctx: RunContext) -> TaskResult:
+        model = self._build(student, data, ctx.seed, ctx.device)
+        details, seconds = fine_tune(model, self.train_objective(model), self.train_set(data, schedule), schedule,
+                                     ctx, self.name)
+        metrics = self.evaluate(model, data, schedule, ctx.device, ctx.workers)
+        details.update(schedule=asdict(schedule), data_audit=data.audit, **self.row_details(model, schedule))
+        return TaskResult(metrics, model.eval(), seconds, details)
+
+    def train_step(self, student: nn.Module, data: TaskData, schedule: Any, batch: int,
+                   device: torch.device) -> tuple[nn.Module, Callable[[], None]]:
+        """The task's model and one forward + backward of its fine-tune objective on `batch` training samples."""
+        model = self._build(student, data, None, device).train()  # the caller has seeded
+        dataset = self.train_set(data, schedule)
+        if len(dataset) < batch:
+            raise PelaBenchError(f"{self.name}: {len(dataset)} training samples, fewer than the batch of {batch} "
+                                 "whose training memory is to be measured")
+        loader = DataLoader(dataset, batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(0))
+        sample = move_to(next(iter(loader)), device)
+        objective = self.train_objective(model)
+
+        def step() -> None:
+            terms = model.objective_terms(objective, sample)
+            torch.stack(list(terms.values())).sum().backward()
+            model.zero_grad(set_to_none=True)
+
+        return model, step
+
+    # -- efficiency ------------------------------------------------------------------------------
+    def example_inputs(self, data: TaskData, schedule: Any, model: nn.Module, batch_size: int
+                       ) -> dict[str, torch.Tensor]:
+        """An image and a text of the schedule's length (random values); tasks that score more add to it."""
+        size = data.content.img_size
+        g = torch.Generator().manual_seed(0)
+        return {"image": torch.randn(batch_size, 3, size, size, generator=g),
+                **random_text(batch_size, schedule.text.max_tokens, len(data.content.tokenizer), g)}
+
+    def input_size(self, schedule: Any, data: TaskData) -> int:
+        return data.content.img_size
+
+    def describe_schedule(self, schedule: Any, batch: int | None = None) -> str:
+        k_test = f", k_test {schedule.k_test}" if hasattr(schedule, "k_test") else ""
+        return f"{schedule.epochs} epochs, batch {batch or schedule.batch_size}{k_test}"

@@ -19,7 +19,7 @@ from common.errors import PelaBenchError
 from common.objective import ModelObjective
 from tasks.base import TaskData, check_files, register_task
 from tasks.synthetic import WorldConfig, read_marker
-from tasks import synthetic_vl
+from tasks import synthetic as scenes, synthetic_vl
 from tasks.synthetic_vl import caption_world, grounding_world, write_pretraining
 from tasks.vl_data import (CaptionPairs, TextSettings, VLTask, check_images_exist, image_path, image_transforms,
                            read_entries)
@@ -62,7 +62,7 @@ class VLPretraining(VLTask):
     def synthetic_spec(self, schedule: PretrainSchedule, img_size: int | None) -> dict[str, Any]:
         size = img_size or 64
         spec = {"n_train": schedule.synthetic_train, "img_size": size, "world": asdict(caption_world(size)),
-                "writer": synthetic_vl.VL_WRITER_VERSION}
+                "writer": synthetic_vl.VL_WRITER_VERSION, "generator": scenes.GENERATOR_VERSION}
         if schedule.synthetic_regions:
             spec.update(n_regions=schedule.synthetic_regions, region_world=asdict(grounding_world(size)))
         return spec

@@ -22,6 +22,7 @@ from torch import nn
 
 from common.errors import PelaBenchError
 from tasks.base import Column, RunContext, Task, TaskData, TaskResult, trainable_copy
+from tasks import synthetic as scenes
 
 log = logging.getLogger("pela_bench")
 
@@ -265,7 +266,8 @@ class MMTask(Task):
 
     def synthetic_spec(self, schedule: MMSchedule, img_size: int | None) -> dict[str, Any]:
         # Scenes are drawn at the size the model is measured at, whatever the pre-training size.
-        return {"n_train": schedule.synthetic_train, "n_val": schedule.synthetic_val, "img_size": schedule.input_size}
+        return {"n_train": schedule.synthetic_train, "n_val": schedule.synthetic_val, "img_size": schedule.input_size,
+                "generator": scenes.GENERATOR_VERSION}
 
     def check_root(self, root: Path) -> None:
         if not Path(root).is_dir():

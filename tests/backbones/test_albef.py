@@ -165,6 +165,18 @@ def test_pretraining_objective_trains_online_encoders_and_fills_the_queue():
         model.objective_terms("cls", b)
 
 
+def test_learnt_temperature_is_clamped_to_the_presets_floor():
+    """ALBEF's floor is 0.001; the tiny preset keeps 0.05 (near-duplicate synthetic captions)."""
+    for name, floor in (("albef_tiny", 0.05), ("albef_base", 0.001)):
+        with torch.device("meta"):
+            assert create_backbone(name).cfg.temp_min == floor
+    model = create_backbone("albef_tiny").train()
+    with torch.no_grad():
+        model.temp.fill_(0.01)
+    model.objective_terms("itc_itm", batch(model))
+    assert float(model.temp.detach()) == pytest.approx(0.05)
+
+
 def test_features_are_the_three_tapped_passes_of_pretraining():
     model = create_backbone("albef_tiny").eval()
     b = batch(model)

@@ -155,7 +155,7 @@ def test_schedules_per_budget():
     assert {"tiny", "smoke", "paper"} <= set(task.schedules)
     tiny = task.schedule("tiny")
     assert task.synthetic_spec(tiny, None) == {"n_train": tiny.synthetic_train, "n_val": tiny.synthetic_val,
-                                               "img_size": 64}
+                                               "img_size": 64, "generator": 1}
     assert task.synthetic_spec(tiny, 32)["img_size"] == 32
     with pytest.raises(PelaBenchError, match="no schedule for budget 'huge'"):
         task.schedule("huge")

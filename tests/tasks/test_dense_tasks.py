@@ -257,7 +257,7 @@ def test_schedules_per_budget_and_input_size():
         for budget, s in schedules.items():
             assert task.schedule(budget) is s and s.synthetic_train >= 1 and s.synthetic_val >= 1
             assert task.synthetic_spec(s, None) == {"n_train": s.synthetic_train, "n_val": s.synthetic_val,
-                                                    "img_size": s.input_size}
+                                                    "img_size": s.input_size, "generator": 1}
             assert task.input_size(s, None) == s.input_size
         assert schedules["tiny"].synthetic_train < schedules["smoke"].synthetic_train
     # the segmentation crop, or the detection test scale's short side

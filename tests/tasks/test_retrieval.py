@@ -143,3 +143,14 @@ def test_vl_data_stages_are_keyed_by_the_writer_version(name, monkeypatch):
     assert spec["writer"] == writers.VL_WRITER_VERSION
     monkeypatch.setattr(writers, "VL_WRITER_VERSION", writers.VL_WRITER_VERSION + 1)
     assert task.synthetic_spec(task.schedule("tiny"), 64) != spec  # a new writer, a new data stage
+
+
+@pytest.mark.parametrize("name", ["cls", "seg", "det", "vlp", "retrieval", "vqa", "ve", "grounding"])
+def test_synthetic_data_stages_are_keyed_by_the_scene_generator_version(name, monkeypatch):
+    import tasks.synthetic as scenes
+
+    task = create_task(name)
+    spec = task.synthetic_spec(task.schedule("tiny"), 64)
+    assert spec["generator"] == scenes.GENERATOR_VERSION
+    monkeypatch.setattr(scenes, "GENERATOR_VERSION", scenes.GENERATOR_VERSION + 1)
+    assert task.synthetic_spec(task.schedule("tiny"), 64) != spec  # new scenes, a new data stage
