@@ -82,8 +82,12 @@ class RetrievalTask(FineTunedVLTask):
         "tiny": RetrievalSchedule(epochs=1, lr=1e-3, batch_size=16, k_test=4, eval_batch_size=32,
                                   text=TextSettings(max_tokens=20), synthetic_train=32, synthetic_test=16,
                                   latency_repeats=3),
+        # 100 training images (500 pairs) against the pre-training's 2,000 pairs: the paper's regime, where
+        # the fine-tune set is far smaller than the pre-training corpus. With 300, three epochs re-taught
+        # the whole caption world: plain SVD of CLIP came back to 45.6 R mean against the uncompressed
+        # model's 46.6; with 100, 39.5 against 43.7 (ALBEF: 31.6 against 39.6).
         "smoke": RetrievalSchedule(epochs=3, lr=5e-4, batch_size=32, k_test=16, warmup_epochs=0.5,
-                                   text=TextSettings(max_tokens=20), synthetic_train=300, synthetic_test=200),
+                                   text=TextSettings(max_tokens=20), synthetic_train=100, synthetic_test=200),
         # ALBEF's Flickr30K fine-tune: 10 epochs at 1e-5, batch 32, k_test 128.
         "paper": RetrievalSchedule(epochs=10, lr=1e-5, batch_size=32, k_test=128, synthetic_train=5000,
                                    synthetic_test=1000),

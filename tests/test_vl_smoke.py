@@ -1,10 +1,11 @@
-"""The issue's vision-language command at the smoke budget (slow: about eight minutes on 2 cores).
+"""The issue's vision-language command at the smoke budget, for the uncompressed model and plain
+SVD (slow: about eight minutes on 2 cores).
 
-    python tools/run_suite.py --backbone albef_tiny --tasks retrieval,vqa
+    python tools/run_suite.py --backbone albef_tiny --tasks retrieval,vqa,ve,grounding --methods dense,svd
 
-VQA must separate methods: the uncompressed model well above the question-only prior and
-below 100, plain SVD without pre-training clearly below it. Retrieval must rank well above
-chance; whether it separates depends on which teacher a seed draws (README), so it is not asserted.
+Every task must separate them: the uncompressed model well above what the question, the sentence or a
+random pick scores alone and below 100, plain SVD without pre-training below it. The margins are
+under the gaps measured on this seed (retrieval 7.6 R mean, VQA 34, SNLI-VE 8.5, grounding 4.5 points).
 """
 
 from __future__ import annotations
@@ -36,14 +37,28 @@ def _question_only_prior(root: Path) -> float:
     return 100 * sum(scores) / len(scores)
 
 
-def test_albef_tiny_vqa_separates_dense_from_plain_svd(tmp_path):
-    cfg = SuiteConfig(backbone="albef_tiny", tasks=("retrieval", "vqa"), methods=("dense", "svd"),
+def _random_proposal(root: Path) -> float:
+    """Grounding accuracy of picking one of each expression's proposals at random."""
+    test = json.loads((root / "grounding_test.json").read_text())
+    return 100 * sum(1 / len(e["proposals"]) for e in test) / len(test)
+
+
+def test_albef_tiny_separates_dense_from_plain_svd_on_every_vl_task(tmp_path):
+    cfg = SuiteConfig(backbone="albef_tiny", tasks=("retrieval", "vqa", "ve", "grounding"), methods=("dense", "svd"),
                       out=str(tmp_path / "runs"), results=str(tmp_path / "results"), budget="smoke")
     rows = {(r["method"], r["task"]): r for r in SuiteRunner(cfg, progress=False).run()}
+
+    def scores(task: str) -> tuple[float, float]:
+        return tuple(rows[(m, task)]["metrics"][rows[(m, task)]["primary_metric"]] for m in ("dense", "svd"))
+
+    data = tmp_path / "runs" / "data"
     chance = 100 * (1 + 5 + 10) / 3 / 200  # R@K of a random ranking of 200 test images, averaged over K
-    assert 3 * chance < rows[("dense", "retrieval")]["metrics"]["r_mean"] < 90
-    prior = _question_only_prior(next((tmp_path / "runs" / "data").glob("synthetic-vqa-*")))
-    dense, svd = rows[("dense", "vqa")]["metrics"]["vqa_acc"], rows[("svd", "vqa")]["metrics"]["vqa_acc"]
-    assert prior + 10 < dense < 95
-    assert svd < dense - 4
+    dense, svd = scores("retrieval")
+    assert 5 * chance < dense < 90 and svd < dense - 3
+    dense, svd = scores("vqa")
+    assert _question_only_prior(next(data.glob("synthetic-vqa-*"))) + 10 < dense < 95 and svd < dense - 10
+    dense, svd = scores("ve")
+    assert 100 * 2 / 3 + 5 < dense < 95 and svd < dense - 3  # 66.7 %: the sentence alone
+    dense, svd = scores("grounding")
+    assert _random_proposal(next(data.glob("synthetic-grounding-*"))) + 8 < dense < 90 and svd < dense - 2
     assert rows[("svd", "vqa")]["efficiency"]["params_m"] < 0.5 * rows[("dense", "vqa")]["efficiency"]["params_m"]
