@@ -5,7 +5,8 @@ SVD (slow: about eight minutes on 2 cores).
 
 Every task must separate them: the uncompressed model well above what the question, the sentence or a
 random pick scores alone and below 100, plain SVD without pre-training below it. The margins are
-under the gaps measured on this seed (retrieval 7.6 R mean, VQA 34, SNLI-VE 8.5, grounding 4.5 points).
+under the gaps two runs of this seed measured (retrieval 7.6 R mean, VQA 33-34, SNLI-VE 8.5-9.8,
+grounding 4.3-4.5 points).
 """
 
 from __future__ import annotations
