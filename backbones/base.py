@@ -8,7 +8,7 @@ A `Backbone` wraps one network and declares its own structure, so generic code
   groups such as ``"text"`` and ``"fusion"``);
 - `stages`: the block containers a depth-halved student thins out (TinyBERT, MaskAlign);
 - `attention_modules` / `attention_scores`: the attention layers whose scores can be read;
-- `token_encoder`: the plain ViT whose tokens ToMe may merge;
+- `token_encoder`: the plain ViT (timm's or open_clip's) whose tokens ToMe may merge;
 - `forward_pyramid`: four feature maps for dense prediction heads;
 - `BackboneInfo`: the paper preset (`paper_ratio`, `lowrank_omit`), the linear
   layers adapters target, the classifier, the pre-training task, and which of the
@@ -51,9 +51,9 @@ class BackboneInfo:
     classifier: tuple[str, ...] = ("head",)
     # Capabilities; False means the method that needs one refuses this backbone up front.
     feature_groups: tuple[str, ...] = ("blocks",)
-    halvable_stages: bool = False  # `stages()` holds `.blocks` sequences a student may thin
+    halvable_stages: bool = False  # `thin()` can drop blocks of its stages (`stages()`, or a family's own stacks)
     attention_scores: bool = False  # `attention_scores()` can read pre-softmax scores
-    token_merging: bool = False  # `token_encoder()` is a plain timm ViT
+    token_merging: bool = False  # `token_encoder()` is a plain ViT, timm's or open_clip's
     # How a masked-image student sees an image: "drop" (only visible tokens enter the
     # encoder, a ViT) or "mask_token" (hidden patches replaced by a token, a Swin).
     masking: str | None = None

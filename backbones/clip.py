@@ -15,13 +15,19 @@ The text tower reads the data's own tokens: the text is pooled at its last real
 token (open_clip pools at the end-of-text token, which is where its tokenizer puts
 it), so the synthetic world's word-level vocabulary works as well as open_clip's
 BPE. Distillation targets: every block's output of each tower (``image``, ``text``).
+
+The depth-halved TinyBERT and MaskAlign students thin both towers (`thin`); their
+attention losses and MaskAlign's attentive masking read the image tower's
+pre-softmax scores (`attention_scores`); ToMe merges the image tower's tokens
+(`token_encoder`), which CLIP pools at its class token, never merged.
 """
 
 from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from dataclasses import replace
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -82,8 +88,24 @@ class LinearMultiheadAttention(nn.Module):
             pad = torch.zeros(key_padding_mask.shape, dtype=q.dtype, device=q.device).masked_fill(
                 key_padding_mask.bool(), neg)[:, None, None, :]
             bias = pad if bias is None else (bias + pad).clamp_min(neg)
+        return self.attend(q, k, v, bias), None
+
+    @property
+    def scale(self) -> float:
+        """The logits' scale, head_dim ** -0.5 (as `nn.MultiheadAttention`)."""
+        return (self.q.out_features // self.heads) ** -0.5
+
+    def heads_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Self-attention's queries, keys and values, (B, heads, N, head_dim) each."""
+        b, n, _ = x.shape
+        return tuple(lin(x).view(b, n, self.heads, -1).transpose(1, 2) for lin in (self.q, self.k, self.v))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The output map of attention over (B, heads, N, head_dim) queries, keys and values; `bias` is added
+        to the logits (broadcast to (B, heads, N, N): masks, or ToMe's token sizes)."""
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0)
-        return self.out_proj(out.transpose(1, 2).flatten(2)), None
+        return self.out_proj(out.transpose(1, 2).flatten(2))
 
 
 def linearize_attention(model: nn.Module) -> nn.Module:
@@ -165,12 +187,86 @@ class ClipBackbone(Backbone):
     def blocks(self) -> list[nn.Module]:
         return list(self.model.visual.transformer.resblocks)
 
+    def _towers(self) -> dict[str, nn.Module]:
+        """The feature groups' block stacks (open_clip `Transformer`s holding `resblocks`)."""
+        return {"image": self.model.visual.transformer, "text": self.model.transformer}
+
+    def block_stages(self) -> list[int]:
+        return [0] * len(self.blocks())  # the image tower is one stage, as a plain ViT's
+
+    def thin(self, select: Callable[[list[int]], list[list[int]]]) -> tuple[dict[str, list[int]], list[int]]:
+        """Both towers thinned by `select`, each on its own, in place. Every feature group holds one state
+        per block (no embedding state), so a group's map is the kept blocks' indices."""
+        maps: dict[str, list[int]] = {}
+        for group, tower in self._towers().items():
+            (keep,) = select([len(tower.resblocks)])
+            tower.resblocks = nn.ModuleList(tower.resblocks[i] for i in keep)
+            tower.layers = len(keep)  # open_clip's own record of the depth
+            maps[group] = list(keep)
+        self.info = replace(self.info, depth=len(maps["image"]))
+        return maps, maps["image"]
+
+    def attention_modules(self) -> list[nn.Module]:
+        """The image tower's attention (`LinearMultiheadAttention`): what TinyBERT and MaskAlign read."""
+        return [blk.attn for blk in self.blocks()]
+
+    @contextmanager
+    def attention_scores(self) -> Iterator[list[torch.Tensor]]:
+        """Every image block's pre-softmax scores (B, heads, N, N): the query map's output, kept until the
+        key map's, which always follows it (`LinearMultiheadAttention` projects q, k, v in that order)."""
+        scores: list[torch.Tensor] = []
+
+        def hooks(attn: LinearMultiheadAttention) -> list[torch.utils.hooks.RemovableHandle]:
+            pending: list[torch.Tensor] = []
+
+            def split(x: torch.Tensor) -> torch.Tensor:
+                return x.view(*x.shape[:2], attn.heads, -1).transpose(1, 2)
+
+            def keep_queries(_m: nn.Module, _i: Any, q: torch.Tensor) -> None:
+                pending.append(split(q))
+
+            def score(_m: nn.Module, _i: Any, k: torch.Tensor) -> None:
+                scores.append((pending.pop() * attn.scale) @ split(k).transpose(-2, -1))
+
+            return [attn.q.register_forward_hook(keep_queries), attn.k.register_forward_hook(score)]
+
+        handles = [h for attn in self.attention_modules() for h in hooks(attn)]
+        try:
+            yield scores
+        finally:
+            for h in handles:
+                h.remove()
+
+    def token_encoder(self) -> nn.Module:
+        """The image tower, open_clip's `VisionTransformer` (ToMe merges its tokens; pooling reads the class token)."""
+        return self.model.visual
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1  # open_clip's ViT puts its class token first
+
+    def image_block_states(self, image: torch.Tensor) -> list[torch.Tensor]:
+        with self.capture_features() as groups:
+            self.encode_image(image)
+        return groups["image"]
+
+    def forward_visible(self, image: torch.Tensor, keep_idx: torch.Tensor) -> list[torch.Tensor]:
+        """The image tower's block outputs when only the class token and the patches `keep_idx` (B, K) enter."""
+        visual = self.model.visual
+        x = visual._embeds(image)  # per-token ops only (ln_pre), so gathering after them is the same
+        patches = x[:, 1:].gather(1, keep_idx[..., None].expand(-1, -1, x.shape[-1]))
+        x = torch.cat([x[:, :1], patches], dim=1)
+        outputs = []
+        for blk in visual.transformer.resblocks:
+            x = blk(x)
+            outputs.append(x)
+        return outputs
+
     @contextmanager
     def capture_features(self) -> Iterator[dict[str, list[torch.Tensor]]]:
         groups: dict[str, list[torch.Tensor]] = {"image": [], "text": []}
-        towers = {"image": self.model.visual.transformer.resblocks, "text": self.model.transformer.resblocks}
         handles = [blk.register_forward_hook(lambda _m, _i, out, g=g: groups[g].append(out))
-                   for g, blocks in towers.items() for blk in blocks]
+                   for g, tower in self._towers().items() for blk in tower.resblocks]
         try:
             yield groups
         finally:
@@ -214,7 +310,7 @@ def clip_info(name: str, img_size: int, width: int, depth: int, tokenizer: str) 
         name=name, family="clip", embed_dims=(width,), depth=depth, img_size=img_size, num_classes=0,
         paper_ratio=3.0, lowrank_omit=(), lowrank_min_out=10, distill_weight=0.1, hub_name=f"open_clip:ViT-B-16/{HUB_TAG}",
         pretrain_task="vlp", adapter_targets=_ADAPTER_TARGETS, classifier=(), feature_groups=("image", "text"),
-        tokenizer=tokenizer,
+        halvable_stages=True, attention_scores=True, token_merging=True, masking="drop", tokenizer=tokenizer,
     )
 
 

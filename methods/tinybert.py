@@ -47,7 +47,7 @@ def halve_depth(teacher: nn.Module) -> nn.Module:
     than two blocks (Swin-B's third stage, 18 -> 9), which is what the paper's 58.6 M
     for Swin-B implies; one with no such stage halves its two-block stages instead.
     A vision-language backbone halves its image encoder and each of its text stacks
-    (ALBEF: the text-only and the fusion layers). `student.layer_maps[group][m]` is the
+    (ALBEF: the text-only and the fusion layers; CLIP: its text tower). `student.layer_maps[group][m]` is the
     teacher hidden state that the student's state m of that feature group copies and
     learns from; `student.layer_map`, the teacher block behind each image-encoder block.
     """
@@ -109,7 +109,7 @@ class TinyBert(Method):
         output = base.forward(student, batch)
         if isinstance(output, dict):
             # A model-owned objective of named terms (ALBEF's ITC + ITM + MLM, already distilled from its
-            # momentum model) has no class logits to match: the student trains on it.
+            # momentum model; CLIP's ITC) has no class logits to match: the student trains on it.
             value = base.loss(output, batch)
             return {"loss": value, "base": value.detach()}
         with torch.no_grad():

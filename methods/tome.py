@@ -8,10 +8,11 @@ its size (how many patches it stands for); attention adds log(size) to the keys'
 logits (proportional attention) so a merged token weighs as much as the patches
 it replaced. r may be one number for every block or one number per block.
 
-Written for current timm ViT blocks: LayerScale (DeiT-III) and the fused
-attention kernel are kept, and with r=0 the model computes exactly what the
-unmerged model does. Swin's windowed attention has no such token set, so ToMe
-refuses Swin, as the paper does. `ToMeState.unmerge` maps merged tokens back to
+Written for current timm ViT blocks (LayerScale of DeiT-III and the fused
+attention kernel kept) and for open_clip's (CLIP's image tower, its attention
+built from `nn.Linear` maps by `backbones.clip`); with r=0 either computes
+exactly what the unmerged model does. Swin's windowed attention has no such
+token set, so ToMe refuses Swin, as the paper does. `ToMeState.unmerge` maps merged tokens back to
 the patch grid for dense heads.
 """
 
@@ -22,9 +23,12 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock
+from open_clip.transformer import VisionTransformer as OpenClipVisionTransformer
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 from torch import nn
 
+from backbones.clip import LinearMultiheadAttention
 from common.errors import PelaBenchError
 from methods.base import Method, MethodOptions, frozen_copy, refuse_ratio, register_method
 
@@ -170,22 +174,69 @@ class ToMeVisionTransformer(VisionTransformer):
         return super().pool(x, pool_type)
 
 
-def apply_tome(model: VisionTransformer, r: int | Sequence[int], proportional_attention: bool = True) -> ToMeState:
-    """Turn a timm ViT into its ToMe version in place; returns the shared state."""
-    if not isinstance(model, VisionTransformer):
-        raise PelaBenchError(f"ToMe needs a plain ViT (DeiT, DeiT-III); got {type(model).__name__}")
-    depth = len(model.blocks)
+# -- open_clip's ViT (CLIP's image tower, its attention made of nn.Linear maps by backbones.clip) ----------
+class ToMeResidualAttentionBlock(ResidualAttentionBlock):
+    tome: ToMeState
+
+    def forward(self, q_x: torch.Tensor, k_x: torch.Tensor | None = None, v_x: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if k_x is not None or v_x is not None or attn_mask is not None:
+            raise NotImplementedError("ToMe blocks take no attention mask and no cross-attention")
+        q, k, v = self.attn.heads_qkv(self.ln_1(q_x))
+        x = q_x + self.ls_1(self.attn.attend(q, k, v, self.tome.attention_bias()))
+        x = self.tome.merge(x, k.mean(1))
+        return x + self.ls_2(self.mlp(self.ln_2(x)))
+
+
+class ToMeOpenClipVisionTransformer(OpenClipVisionTransformer):
+    tome: ToMeState
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.tome.reset()
+        return super().forward(x)
+
+    def _global_pool(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        size = self.tome.size
+        if self.pool_type == "avg" and size is not None:
+            return (x[:, 1:] * size[:, 1:]).sum(1) / size[:, 1:].sum(1), x[:, 1:]  # as the timm ViT's
+        return super()._global_pool(x)
+
+
+def _merge_plan(model: nn.Module) -> tuple[list[nn.Module], type, type, int]:
+    """The blocks to rewrite, the encoder's and the blocks' ToMe classes, and the encoder's token count."""
+    if isinstance(model, VisionTransformer):
+        for blk in model.blocks:
+            if type(blk) is not Block or type(blk.attn) is not Attention:
+                raise PelaBenchError(f"ToMe supports timm's standard ViT blocks, not {type(blk).__name__}")
+        tokens = model.patch_embed.num_patches + model.num_prefix_tokens
+        return list(model.blocks), ToMeVisionTransformer, ToMeBlock, tokens
+    if isinstance(model, OpenClipVisionTransformer):
+        if model.attn_pool is not None:
+            raise PelaBenchError("ToMe does not support open_clip ViTs with attentional pooling")
+        blocks = list(model.transformer.resblocks)
+        for blk in blocks:
+            if type(blk) is not ResidualAttentionBlock or not isinstance(blk.attn, LinearMultiheadAttention):
+                raise PelaBenchError("ToMe supports open_clip's residual attention blocks with linear attention "
+                                     f"(backbones.clip.linearize_attention), not {type(blk).__name__} "
+                                     f"with {type(blk.attn).__name__}")
+        return blocks, ToMeOpenClipVisionTransformer, ToMeResidualAttentionBlock, model.positional_embedding.shape[0]
+    raise PelaBenchError(f"ToMe needs a plain ViT (timm's or open_clip's); got {type(model).__name__}")
+
+
+def apply_tome(model: nn.Module, r: int | Sequence[int], proportional_attention: bool = True) -> ToMeState:
+    """Turn a timm or open_clip ViT into its ToMe version in place; returns the shared state."""
+    blocks, encoder_cls, block_cls, _ = _merge_plan(model)
+    depth = len(blocks)
     per_layer = [int(r)] * depth if isinstance(r, int) else [int(v) for v in r]
     if len(per_layer) != depth or any(v < 0 for v in per_layer):
         raise PelaBenchError(f"tome option r must be an int >= 0 or {depth} of them, got {r!r}")
     state = ToMeState(per_layer, proportional_attention)
-    model.__class__ = ToMeVisionTransformer
+    model.__class__ = encoder_cls
     model.tome = state
-    for blk in model.blocks:
-        if type(blk) is not Block or type(blk.attn) is not Attention:
-            raise PelaBenchError(f"ToMe supports timm's standard ViT blocks, not {type(blk).__name__}")
-        blk.__class__ = ToMeBlock
-        blk.attn.__class__ = ToMeAttention
+    for blk in blocks:
+        blk.__class__ = block_cls
+        if block_cls is ToMeBlock:
+            blk.attn.__class__ = ToMeAttention
         blk.tome = state
     return state
 
@@ -194,9 +245,9 @@ def apply_tome(model: VisionTransformer, r: int | Sequence[int], proportional_at
 REFERENCE_R, REFERENCE_TOKENS = 16, 197
 
 
-def default_r(model: VisionTransformer) -> int:
+def default_r(model: nn.Module) -> int:
     """The reference r scaled to this model's token count (5 for the 65-token micro DeiT)."""
-    tokens = model.patch_embed.num_patches + model.num_prefix_tokens
+    tokens = _merge_plan(model)[3]
     return max(1, round(REFERENCE_R * tokens / REFERENCE_TOKENS))
 
 

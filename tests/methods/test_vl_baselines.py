@@ -1,16 +1,22 @@
-"""TinyBERT, MaskAlign and ToMe on the ALBEF-style model: depth-halved image and text stacks (momentum
-copies alike), per-group layer maps, each method's loss on a vision-language batch."""
+"""TinyBERT, MaskAlign and ToMe on the vision-language models. ALBEF: depth-halved image and text stacks
+(momentum copies alike), per-group layer maps, each method's loss on a vision-language batch. CLIP: both
+towers halved, the image tower's attention scores equal to nn.MultiheadAttention's, the visible-patch
+pass, and ToMe on open_clip's blocks (exact at r=0)."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from torch import nn
 
 from backbones import create_backbone
 from common.objective import ModelObjective
 from common.params import count_params
 from methods import create_method
 from methods.tinybert import halve_depth
+from methods.tome import apply_tome
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +92,98 @@ def test_tome_merges_the_image_tokens_the_fusion_layers_read(albef):
         assert student(batch["image"], batch["text_ids"], batch["text_mask"]).shape == (2, 2)
         again = student.encode_image(batch["image"])  # the merge state resets per forward
     assert again.shape == tokens.shape
+
+
+@pytest.fixture(scope="module")
+def clip():
+    torch.manual_seed(0)
+    model = create_backbone("clip_tiny", vocab_size=60).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def test_clip_halves_both_towers(clip):
+    student = halve_depth(clip)
+    # clip_tiny: 4 image and 4 text blocks -> blocks 2 and 4 of each; one state per block in every group.
+    assert student.layer_maps == {"image": [1, 3], "text": [1, 3]} and student.layer_map == [1, 3]
+    assert len(student.blocks()) == 2 and len(student.model.transformer.resblocks) == 2 and student.info.depth == 2
+    kept, original = student.model.transformer.resblocks[1], clip.model.transformer.resblocks[3]
+    assert torch.equal(kept.mlp.c_fc.weight, original.mlp.c_fc.weight)
+    assert len(clip.blocks()) == 4 and len(clip.model.transformer.resblocks) == 4  # the teacher is untouched
+    with torch.no_grad():
+        feats, t_feats = student.features(_batch()), clip.features(_batch())
+    assert {g: len(v) for g, v in feats.items()} == {"image": 2, "text": 2}
+    for group, layer_map in student.layer_maps.items():
+        for m, t in enumerate(layer_map):
+            assert feats[group][m].shape == t_feats[group][t].shape
+    assert count_params(student) < 0.6 * count_params(clip)
+
+
+def test_clip_attention_scores_are_multihead_attentions(clip):
+    image = _batch(2)["image"]
+    with torch.no_grad(), clip.attention_scores() as scores:
+        clip.encode_image(image)
+        x = clip.model.visual._embeds(image)
+    assert len(scores) == 4 and scores[0].shape == (2, 2, 65, 65)  # 64 patches + the class token, 2 heads
+    blk = clip.blocks()[0]
+    mha = nn.MultiheadAttention(64, 2, batch_first=True)
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(torch.cat([blk.attn.q.weight, blk.attn.k.weight, blk.attn.v.weight]))
+        mha.in_proj_bias.copy_(torch.cat([blk.attn.q.bias, blk.attn.k.bias, blk.attn.v.bias]))
+        h = blk.ln_1(x)
+        _, weights = mha(h, h, h, need_weights=True, average_attn_weights=False)
+    assert torch.allclose(scores[0].softmax(-1), weights, atol=1e-5)
+
+
+def test_clip_visible_pass_with_every_patch_is_the_full_pass(clip):
+    image = _batch(2)["image"]
+    with torch.no_grad():
+        full = clip.image_block_states(image)
+        visible = clip.forward_visible(image, torch.arange(64).expand(2, -1))
+        some = clip.forward_visible(image, torch.tensor([[0, 5, 9], [1, 2, 63]]))
+    assert len(full) == len(visible) == 4 and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(full, visible))
+    assert some[-1].shape == (2, 4, 64)
+
+
+@pytest.mark.parametrize("name", ["tinybert", "maskalign"])
+def test_distillation_losses_on_clip(clip, name):
+    method = create_method(name)
+    student = method.build_student(clip).train()
+    method.on_step(student, 0.0)
+    batch = {k: _batch()[k] for k in ("image", "text_ids", "text_mask", "image_id")}
+    terms = method.loss(student, clip, batch, ModelObjective("vlp"))
+    terms["loss"].backward()
+    assert torch.isfinite(terms["loss"])
+    assert {"tinybert": {"attn", "hidden"}, "maskalign": {"align", "base"}}[name] <= set(terms)
+    assert student.blocks()[0].attn.q.weight.grad is not None
+    if name == "tinybert":
+        assert terms["attn"] > 0 and terms["hidden"] > 0
+    else:
+        assert not hasattr(method.finalize(student), "alignment")
+
+
+def test_tome_on_clip_merges_image_tokens_and_is_exact_without_merging(clip):
+    batch = _batch(2)
+    exact = copy.deepcopy(clip)
+    apply_tome(exact.model.visual, 0)
+    student = create_method("tome").build_student(clip).eval()
+    with torch.no_grad():
+        assert torch.allclose(exact.encode_image(batch["image"]), clip.encode_image(batch["image"]), atol=1e-6)
+        merged = student.encode_image(batch["image"])
+        assert student.model.visual.tome.tokens_per_layer == [60, 55, 50, 45]  # default r: 5 of 65 per block
+        assert merged.shape == clip.encode_image(batch["image"]).shape
+        assert not torch.allclose(merged, clip.encode_image(batch["image"]), atol=1e-4)
+        assert student(batch["image"], batch["text_ids"], batch["text_mask"]).shape == (2,)
+        student.encode_image(batch["image"])  # the merge state resets per forward
+        assert student.model.visual.tome.tokens_per_layer == [60, 55, 50, 45]
+
+
+def test_clip_b16_depth_halved_student_size():
+    with torch.device("meta"):
+        teacher = create_backbone("clip_b16")
+        student = halve_depth(teacher)
+    # 12 + 12 blocks -> 6 + 6: the student is the teacher less six blocks of each tower.
+    image_block, text_block = count_params(teacher.blocks()[0]), count_params(teacher.model.transformer.resblocks[0])
+    assert count_params(student) == count_params(teacher) - 6 * image_block - 6 * text_block
+    assert count_params(student) / 1e6 == pytest.approx(88.2, abs=0.1)
