@@ -425,9 +425,11 @@ class AlbefBackbone(Backbone):
             w_t2i = torch.where(has_neg[:, None], w_t2i, torch.ones_like(w_t2i))
             neg_image = torch.multinomial(w_t2i, 1).squeeze(1)  # for each text, an image
             neg_text = torch.multinomial(w_i2t, 1).squeeze(1)  # for each image, a text
-        texts = torch.cat([text_states, text_states, text_states[neg_text]])
+        # index_select, not tensor[idx]: a negative drawn twice makes indexing's backward accumulate
+        # with atomic adds on a multi-threaded CPU, in an order that changes from run to run.
+        texts = torch.cat([text_states, text_states, text_states.index_select(0, neg_text)])
         masks = torch.cat([mask, mask, mask[neg_text]])
-        images = torch.cat([image_tokens, image_tokens[neg_image], image_tokens])
+        images = torch.cat([image_tokens, image_tokens.index_select(0, neg_image), image_tokens])
         logits = self.itm_logits(texts, masks, images)
         labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(logits.device)
         return F.cross_entropy(logits, labels)
@@ -478,7 +480,7 @@ class AlbefBackbone(Backbone):
         owner = torch.arange(b, device=weight.device).repeat_interleave(slots)[used]
         a_ids, a_mask, w = ids.flatten(0, 1)[used], mask.flatten(0, 1)[used], weight.flatten()[used]
         q_mask = batch["text_mask"][owner]
-        question = self.question_states(batch["image"], batch["text_ids"], batch["text_mask"])[owner]
+        question = self.question_states(batch["image"], batch["text_ids"], batch["text_mask"]).index_select(0, owner)
         log_p = F.log_softmax(self.answer_logits(question, q_mask, a_ids, a_mask)[:, :-1], dim=-1)
         targets, real = a_ids[:, 1:], a_mask[:, 1:] > 0
         hard = -log_p.gather(-1, targets[..., None]).squeeze(-1)
