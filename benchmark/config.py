@@ -111,7 +111,13 @@ class SuiteConfig:
     teacher_weights: str | None = None  # None: train the teacher; "hub" or a checkpoint path
     out: str = "runs"
     results: str = "results"
-    seed: int = 0
+    # The students' seeds, each a run of the whole grid: compression, pre-training, fine-tunes, heads.
+    seeds: tuple[int, ...] = (0,)
+    # The synthetic data's and the teacher's seed. Every student seed shares one data set and one
+    # teacher: the paper compresses one released checkpoint, so the spread a table reports is that
+    # of what each method does to it (pre-training, fine-tune, head init, data order), not the
+    # teacher's own.
+    teacher_seed: int = 0
     budget: str = "smoke"
     device: str = "auto"
     method_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"alpha": 1.0}
@@ -244,7 +250,9 @@ def validate(cfg: SuiteConfig) -> None:
     if cfg.teacher_weights not in (None, "hub") and not Path(cfg.teacher_weights).is_file():
         raise PelaBenchError(f"--teacher-weights {cfg.teacher_weights} does not exist")
     resolve_device(cfg.device)
-    if cfg.seed < 0:
-        raise PelaBenchError(f"--seed must be >= 0, got {cfg.seed}")
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds) or min(cfg.seeds) < 0:
+        raise PelaBenchError(f"--seeds must be distinct integers >= 0, got {','.join(map(str, cfg.seeds)) or 'none'}")
+    if cfg.teacher_seed < 0:
+        raise PelaBenchError(f"--teacher-seed must be >= 0, got {cfg.teacher_seed}")
     if cfg.checkpoint_minutes < 0 or cfg.checkpoint_steps < 0:
         raise PelaBenchError("checkpoint intervals must be >= 0 (0: no intermediate checkpoints)")

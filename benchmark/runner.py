@@ -86,7 +86,9 @@ class SuiteRunner:
         self.pretrain_task = create_task(self.info.pretrain_task)
         self.pretrain_task.bind(self.info)
         self.data_roots = {canonical_task_name(k): v for k, v in cfg.data.items()}
-        self.scaling = BatchScaling(self.device, cfg.seed)
+        self.seed = cfg.seeds[0]  # the student seed being run (`run` steps through `cfg.seeds`)
+        # Memory peaks (Table 9) are measured once per task, under the first seed.
+        self.scaling = BatchScaling(self.device, cfg.seeds[0])
         self._data: dict[str, TaskData] = {}
 
     # -- stage 0: data -------------------------------------------------------------------
@@ -97,12 +99,12 @@ class SuiteRunner:
         schedule = task.schedule(self.budget.name)
         root = self.data_roots.get(task.name)
         if root is None:
-            spec = {"task": task.name, "seed": self.cfg.seed, **task.synthetic_spec(schedule, self.budget.img_size)}
+            spec = {"task": task.name, "seed": self.cfg.teacher_seed, **task.synthetic_spec(schedule, self.budget.img_size)}
             stage = self.cache.stage("data", f"synthetic-{task.name}", spec)
 
             def write(folder: Path) -> dict[str, Any]:
                 log.info("generating synthetic %s data in %s", task.name, folder)
-                task.write_synthetic(folder, spec, self.cfg.seed, self.progress)
+                task.write_synthetic(folder, spec, self.cfg.teacher_seed, self.progress)
                 return {}
 
             self.cache.run(stage, write)
@@ -132,11 +134,11 @@ class SuiteRunner:
         return Checkpointing(folder / CHECKPOINT, every_steps=self.cfg.checkpoint_steps,
                              every_seconds=60 * self.cfg.checkpoint_minutes, extra_state=extra)
 
-    def _train(self, model: nn.Module, loss: Callable, sched: Schedule, folder: Path, desc: str,
+    def _train(self, model: nn.Module, loss: Callable, sched: Schedule, folder: Path, desc: str, seed: int,
                method: Method | None = None, on_step: Callable[[float], None] | None = None) -> list[dict]:
         task = self.pretrain_task
         history = train(model.parameters(), loss, task.train_split(self.data(task)), _optim(sched),
-                        batch_size=sched.batch_size, seed=self.cfg.seed, workers=self.workers, modules=[model],
+                        batch_size=sched.batch_size, seed=seed, workers=self.workers, modules=[model],
                         device=self.device, desc=desc, progress=self.progress, on_step=on_step,
                         checkpoint=self._checkpointing(folder, method))
         return history
@@ -149,7 +151,7 @@ class SuiteRunner:
             work_dir.mkdir(parents=True, exist_ok=True)
             return train(model.parameters(), loss_fn, dataset,
                          OptimConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs),
-                         batch_size=batch_size, seed=self.cfg.seed, workers=self.workers, modules=[model],
+                         batch_size=batch_size, seed=self.seed, workers=self.workers, modules=[model],
                          device=self.device, desc=desc, progress=self.progress,
                          checkpoint=self._checkpointing(work_dir))
 
@@ -164,17 +166,18 @@ class SuiteRunner:
         if self.budget.img_size is None:
             overrides.pop("img_size")
         spec = {"backbone": cfg.backbone, "weights": cfg.teacher_weights, "data": self.data_id(task),
-                "overrides": overrides, "schedule": sched if cfg.teacher_weights is None else None, "seed": cfg.seed}
+                "overrides": overrides, "schedule": sched if cfg.teacher_weights is None else None,
+                "seed": cfg.teacher_seed}
         if cfg.teacher_weights not in (None, "hub"):  # a replaced file must not reuse old rows
             stat = Path(cfg.teacher_weights).stat()
             spec["weights_stamp"] = [stat.st_size, stat.st_mtime_ns]
         stage = self.cache.stage("teachers", cfg.backbone.replace(":", "_"), spec)
         if cfg.teacher_weights is not None:
-            seed_everything(cfg.seed)  # a new classifier on pretrained weights is drawn from the global RNG
+            seed_everything(cfg.teacher_seed)  # a new classifier on pretrained weights is drawn from the global RNG
             model = create_backbone(cfg.backbone, weights=cfg.teacher_weights, **overrides)
         else:
             def fit(folder: Path) -> dict[str, Any]:
-                seed_everything(cfg.seed)
+                seed_everything(cfg.teacher_seed)
                 model = create_backbone(cfg.backbone, **overrides).to(self.device)
                 objective = task.objective()
                 log.info("teacher: training %s on %s for %s epochs", cfg.backbone, task.name, sched.epochs)
@@ -185,7 +188,7 @@ class SuiteRunner:
                     named = {k: v.detach() for k, v in output.items()} if isinstance(output, dict) else {}
                     return {"loss": objective.loss(output, b), **named}
 
-                history = self._train(model, loss, sched, folder, f"teacher {cfg.backbone}")
+                history = self._train(model, loss, sched, folder, f"teacher {cfg.backbone}", cfg.teacher_seed)
                 atomic_save_torch(model.state_dict(), folder / "model.pt")
                 return {"history": history, "seconds": time.time() - start}
 
@@ -206,14 +209,14 @@ class SuiteRunner:
     def student_stage(self, method: Method, teacher_hash: str) -> Stage:
         spec = {"teacher": teacher_hash, **method.describe(),
                 "schedule": self.budget.pretrain_for(self.backbone_params) if method.trains else None,
-                "seed": self.cfg.seed}
+                "seed": self.seed}
         return self.cache.stage(f"students/{self.cfg.backbone.replace(':', '_')}", method.name, spec)
 
     def student(self, method: Method, teacher: Backbone, teacher_hash: str) -> StudentResult:
         stage = self.student_stage(method, teacher_hash)
         # Seeded before building: adapters and heads are initialised from the global RNG,
         # which must not depend on which earlier stages ran in this process or were resumed.
-        seed_everything(self.cfg.seed)
+        seed_everything(self.seed)
         student = method.build_student(teacher)
         if not method.trains:
             return StudentResult(student.eval(), stage.hash, {}, 0.0)
@@ -221,13 +224,13 @@ class SuiteRunner:
         trained: list[nn.Module] = []
 
         def fit(folder: Path) -> dict[str, Any]:
-            seed_everything(self.cfg.seed)
+            seed_everything(self.seed)
             model = student.to(self.device)
             objective = self.pretrain_task.objective()
             log.info("%s: pre-training for %s epochs", method.name, sched.epochs)
             start = time.time()
             history = self._train(model, lambda b: method.loss(model, teacher, b, objective), sched, folder,
-                                  method.name, method, on_step=lambda p: method.on_step(model, p))
+                                  method.name, self.seed, method, on_step=lambda p: method.on_step(model, p))
             method.on_step(model, 1.0)
             model = method.finalize(model)
             atomic_save_torch(model.state_dict(), folder / "model.pt")
@@ -311,7 +314,7 @@ class SuiteRunner:
             log.info("%s%s / %s: fine-tuning (%s) in %s", method.name, variant, task.name,
                      task.describe_schedule(schedule, batch), stage.dir)
         work_dir = stage.dir / WORK_DIR
-        ctx = RunContext(self.device, cfg.seed, work_dir, self.workers, self.progress, batch,
+        ctx = RunContext(self.device, self.seed, work_dir, self.workers, self.progress, batch,
                          fit=self._fit(work_dir))
         res = task.run(result.model, data, schedule, ctx)
         efficiency = measure_all(task.measured_module(res),
@@ -332,7 +335,8 @@ class SuiteRunner:
             "method": method.name + variant,
             "options": method.options_label(),
             "task": task.name,
-            "seed": cfg.seed,
+            "seed": self.seed,
+            "teacher_seed": cfg.teacher_seed,
             "provenance": self.provenance(task),
             "budget": self.budget.name,
             "primary_metric": task.primary_metric,
@@ -358,9 +362,21 @@ class SuiteRunner:
 
     # -- the whole suite ----------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
+        """Every row of the grid, once per student seed; the data and the teacher are shared by all seeds."""
         for task in (self.pretrain_task, *self.tasks.values()):
             self.data(task)  # bad data must stop the run before the teacher trains
         teacher, teacher_hash = self.teacher()
+        rows = []
+        for i, seed in enumerate(self.cfg.seeds, 1):
+            self.seed = seed
+            if len(self.cfg.seeds) > 1:
+                log.info("seed %d (%d of %d; teacher and data of seed %d)", seed, i, len(self.cfg.seeds),
+                         self.cfg.teacher_seed)
+            rows += self._grid(teacher, teacher_hash)
+        write_leaderboard(self.store.rows(), self.cfg.results)
+        return rows
+
+    def _grid(self, teacher: Backbone, teacher_hash: str) -> list[dict[str, Any]]:
         names = list(self.cfg.methods)
         if self.cfg.scale_batch:  # the uncompressed model first: its training peak is the others' limit
             names.sort(key=lambda name: name != REFERENCE_METHOD)
@@ -383,5 +399,4 @@ class SuiteRunner:
                     row = self.row(method, task, variant, student, teacher_hash)
                     if row is not None:
                         rows.append(row)
-        write_leaderboard(self.store.rows(), self.cfg.results)
         return rows

@@ -1,4 +1,5 @@
-"""The results store: one JSON line per backbone x method (with its options) x task x seed x provenance x budget.
+"""The results store: one JSON line per backbone x method (with its options) x task x seed x teacher seed x
+provenance x budget.
 
 A row is replaced, never duplicated, when its stage runs again. Every write
 happens under an exclusive lock on a sibling ``.lock`` file and rewrites the file
@@ -22,11 +23,16 @@ from typing import Any, Iterable, Iterator
 from common.errors import PelaBenchError
 from common.io import atomic_write_text
 
-ROW_KEY_FIELDS = ("backbone", "method", "options", "task", "seed", "provenance", "budget")
+ROW_KEY_FIELDS = ("backbone", "method", "options", "task", "seed", "teacher_seed", "provenance", "budget")
+
+
+def teacher_seed(row: dict[str, Any]) -> int:
+    """The seed of the row's teacher and data; rows stored before the field existed used the row's own seed."""
+    return row.get("teacher_seed", row.get("seed"))
 
 
 def row_id(row: dict[str, Any]) -> str:
-    return "/".join(str(row.get(k, "")) for k in ROW_KEY_FIELDS)
+    return "/".join(str(teacher_seed(row) if k == "teacher_seed" else row.get(k, "")) for k in ROW_KEY_FIELDS)
 
 
 class ResultStore:

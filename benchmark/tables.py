@@ -5,12 +5,15 @@ Synthetic and real-data rows go in separate sections and are never ranked togeth
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 from pathlib import Path
 from typing import Any
 
 from benchmark.provenance import code_label, code_version, same_code
+from benchmark.stats import ALPHA, summarize, welch_p
+from benchmark.store import teacher_seed
 from common.io import atomic_write_bytes, atomic_write_text
 
 # (row path, column header, format). Each row also carries its task's own columns
@@ -32,6 +35,7 @@ _LEGACY_TASK_COLUMNS = [("metrics.top1", "top-1 (%)", "{:.2f}"), ("metrics.top5"
                         ("metrics.mIoU", "mIoU (%)", "{:.2f}"), ("metrics.AP_box", "AP box", "{:.2f}"),
                         ("metrics.AP_mask", "AP mask", "{:.2f}")]
 STALE_MARK = "\u2020"  # dagger: the row was produced by another code version than this checkout's
+BETTER, WORSE = "\u25b2", "\u25bc"  # beyond the seeds' noise, better / worse than the reference
 
 
 def _get(row: dict[str, Any], path: str) -> Any:
@@ -82,10 +86,47 @@ def _stale(row: dict[str, Any], current: dict[str, Any] | None) -> bool:
     return not same_code(row.get("code"), current)
 
 
+def _method_key(row: dict[str, Any]) -> tuple[str, str]:
+    return row["method"], row.get("options") or ""
+
+
+def reference_method(rows: list[dict[str, Any]]) -> str | None:
+    """The row every other is tested against: PELA with its defaults, else the uncompressed model."""
+    present = {_method_key(r) for r in rows}
+    return next((m for m in ("pela", "dense") if (m, "") in present), None)
+
+
+def _mean_row(rows: list[dict[str, Any]], paths: list[str]) -> dict[str, Any]:
+    """The first seed's row with each numeric value at `paths` replaced by its mean over `rows`."""
+    out = copy.deepcopy(rows[0])
+    for path in paths:
+        values = [_get(r, path) for r in rows]
+        numeric = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if numeric and len(numeric) == len(values) and len(set(numeric)) > 1:  # equal values stay as they are
+            cur = out
+            *parents, leaf = path.split(".")
+            for part in parents:
+                cur = cur[part]
+            cur[leaf] = sum(numeric) / len(numeric)
+    return out
+
+
+def _delta_cell(values: list[float], ref_values: list[float] | None, sign: int) -> str:
+    if ref_values is None:
+        return "-"
+    delta = summarize(values).mean - summarize(ref_values).mean
+    p = welch_p(values, ref_values)
+    mark = "" if p is None or p >= ALPHA else (BETTER if sign * delta > 0 else WORSE)
+    return f"{delta:+.2f}{mark}"
+
+
 def _section(rows: list[dict[str, Any]], primary: str, current_code: dict[str, Any] | None = None) -> list[str]:
+    """One table: a line per method (and options), its seeds' rows averaged; the primary metric as
+    mean +- std with n, and its difference from the reference method, marked where it is beyond noise."""
     sign = 1 if rows[0].get("higher_is_better", True) else -1
-    ranked = sorted(rows, key=lambda r: -sign * (_get(r, f"metrics.{primary}") if _get(r, f"metrics.{primary}")
-                                                   is not None else -sign * float("inf")))
+    by_method: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in sorted(rows, key=lambda r: r["seed"]):
+        by_method.setdefault(_method_key(r), []).append(r)
     # A method's own flags (PELA: which loss terms are on), as it declares them in `table_fields`.
     flags = list(dict.fromkeys(k for r in rows for k in (r.get("ablation") or {})))
     flag_columns = [(f"ablation.{k}", f"L_{k}", "{}") for k in flags]
@@ -94,14 +135,33 @@ def _section(rows: list[dict[str, Any]], primary: str, current_code: dict[str, A
     always = {"method", "efficiency.params_m", "efficiency.gflops", "efficiency.latency_ms_per_img",
               "efficiency.peak_mem_mb", "pretrain_seconds", *(c[0] for c in task_columns if c[0].startswith("metrics."))}
     cols = [c for c in candidates if c[0] in always or any(_get(r, c[0]) not in (None, "", {}, 0, 0.0) for r in rows)]
-    header = "| rank | " + " | ".join(h for _, h, _ in cols) + " |"
-    lines = [header, "|" + "---|" * (len(cols) + 1)]
-    for rank, row in enumerate(ranked, 1):
-        cells = [_fmt(_get(row, path), fmt) for path, _, fmt in cols]
-        if _stale(row, current_code):
+    primary_path = f"metrics.{primary}"
+
+    def scores(group: list[dict[str, Any]]) -> list[float]:
+        return [v for v in (_get(r, primary_path) for r in group) if v is not None]
+
+    ref = reference_method(rows)
+    ref_scores = scores(by_method[(ref, "")]) if ref else None
+    ranked = sorted(by_method.items(), key=lambda kv: -sign * summarize(scores(kv[1]) or [-sign * float("inf")]).mean)
+    header = "| rank | " + " | ".join(h for _, h, _ in cols) + f" | n | vs {ref or '-'} |"
+    lines = [header, "|" + "---|" * (len(cols) + 3)]
+    for rank, (key, group) in enumerate(ranked, 1):
+        mean = _mean_row(group, [c[0] for c in cols])
+        cells = []
+        for path, _, fmt in cols:
+            cell = _fmt(_get(mean, path), fmt)
+            if path == primary_path and len(group) > 1 and scores(group):
+                cell += f" ± {_fmt(summarize(scores(group)).std, fmt)}"
+            cells.append(cell)
+        if any(_stale(r, current_code) for r in group):
             cells[0] += f" {STALE_MARK}"
-        lines.append(f"| {rank} | " + " | ".join(cells) + " |")
+        vs = "ref" if key == (ref, "") else _delta_cell(scores(group), ref_scores, sign)
+        lines.append(f"| {rank} | " + " | ".join(cells) + f" | {len(group)} | {vs} |")
     return lines
+
+
+def _seed_label(seeds: list[int]) -> str:
+    return f"seed {seeds[0]}" if len(seeds) == 1 else "seeds " + ", ".join(map(str, seeds))
 
 
 def render_markdown(rows: list[dict[str, Any]], current_code: dict[str, Any] | None = None) -> str:
@@ -109,8 +169,12 @@ def render_markdown(rows: list[dict[str, Any]], current_code: dict[str, Any] | N
     out = ["# pela-bench leaderboard", ""]
     if not rows:
         return "\n".join(out + ["No results yet.", ""])
-    out += ["One seed per row: a difference smaller than the spread between seeds is not a finding "
-            "(a fresh machine has moved rows by up to a point at the smoke budget).", ""]
+    out += [f"Each line is one method over its seeds (n): the ranked metric is their mean +- standard deviation, "
+            f"the other columns means. `vs` is the difference of means from the reference method (PELA, else the "
+            f"uncompressed model); {BETTER} / {WORSE} mark a difference beyond the noise of the seeds (Welch's "
+            f"two-sided t-test, p < {ALPHA}; n >= 2 on both sides), and an unmarked difference is not a finding. "
+            "Every seed shares one teacher and one data set (its teacher seed); with n = 1 nothing is tested, "
+            "and a fresh machine has moved single-seed rows by up to a point at the smoke budget.", ""]
     if any(_stale(r, current_code) for r in rows):
         out += [f"{STALE_MARK} produced by another code version than this checkout's "
                 f"({code_label(current_code)}); delete the row's folder under `<out>/rows/` and run the suite "
@@ -123,16 +187,17 @@ def render_markdown(rows: list[dict[str, Any]], current_code: dict[str, Any] | N
         out += [f"## {title}", ""]
         groups: dict[tuple, list] = {}
         for r in prov_rows:
-            groups.setdefault((r["task"], r["backbone"], r.get("budget"), r["seed"]), []).append(r)
-        for (task, backbone, budget, seed), group in sorted(groups.items(), key=lambda kv: str(kv[0])):
+            groups.setdefault((r["task"], r["backbone"], r.get("budget"), teacher_seed(r)), []).append(r)
+        for (task, backbone, budget, t_seed), group in sorted(groups.items(), key=lambda kv: str(kv[0])):
             primary = group[0].get("primary_metric", "top1")
             eff = group[0].get("efficiency", {})
             scope = eff.get("scope") or ("models with task heads counted whole (backbone + neck + heads)"
                                          if any("finetune" in r for r in group) else "")  # rows stored before `scope`
             whole = f"; {scope}" if scope else ""
             size = f"; measured at {eff['input_size']} px" if eff.get("input_size") else ""
+            seeds = sorted({r["seed"] for r in group})
             out += [
-                f"### {task} · {backbone} · budget {budget} · seed {seed}",
+                f"### {task} · {backbone} · budget {budget} · {_seed_label(seeds)} · teacher seed {t_seed}",
                 "",
                 f"Ranked by {primary}. Latency: median over repeats at batch {eff.get('latency_batch', '?')}, "
                 f"{eff.get('latency_threads', '?')} threads, on {group[0].get('device', '?')}; "
@@ -156,11 +221,12 @@ def render_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def render_plot(rows: list[dict[str, Any]]) -> bytes | None:
-    """Accuracy against parameters, one panel per task x backbone x provenance, as PNG bytes."""
+    """Accuracy against parameters, one panel per task x backbone x provenance x budget, as PNG bytes:
+    a point per method at its mean over seeds, with a bar of +- one standard deviation."""
     groups: dict[tuple, list] = {}
     for r in rows:
         if _get(r, "efficiency.params_m") is not None and r.get("metrics"):
-            groups.setdefault((r["task"], r["backbone"], r["provenance"]), []).append(r)
+            groups.setdefault((r["task"], r["backbone"], r["provenance"], r.get("budget")), []).append(r)
     if not groups:
         return None
     import matplotlib
@@ -173,23 +239,35 @@ def render_plot(rows: list[dict[str, Any]]) -> bytes | None:
     fig, axes = plt.subplots(rows_n, cols, figsize=(6 * cols, 4.5 * rows_n), squeeze=False)
     for ax in axes.flat[len(groups):]:
         ax.set_visible(False)
-    for ax, ((task, backbone, provenance), group) in zip(axes.flat, sorted(groups.items())):
+    for ax, ((task, backbone, provenance, budget), group) in zip(axes.flat, sorted(groups.items(), key=str)):
         primary = group[0].get("primary_metric", "top1")
-        points: dict[tuple[float, float], list[str]] = {}
+        by_method: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for r in group:
-            points.setdefault((r["efficiency"]["params_m"], r["metrics"][primary]), []).append(r["method"])
+            if r["metrics"].get(primary) is not None:
+                by_method.setdefault(_method_key(r), []).append(r)
+        points: dict[tuple[float, float], list[str]] = {}
+        spread: dict[tuple[float, float], float] = {}
+        for (method, options), runs in by_method.items():
+            s = summarize([r["metrics"][primary] for r in runs])
+            xy = (runs[0]["efficiency"]["params_m"], s.mean)
+            points.setdefault(xy, []).append(method + (f" ({options})" if options else ""))
+            spread[xy] = max(spread.get(xy, 0.0), s.std)
+        if not points:
+            ax.set_visible(False)
+            continue
         y_span = max(1e-9, max(y for _, y in points) - min(y for _, y in points))
         placed: list[tuple[float, float, int]] = []
         for (x, y), names in sorted(points.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
-            ax.scatter(x, y, s=40)
+            ax.errorbar(x, y, yerr=spread[(x, y)] or None, fmt="o", ms=6, capsize=3)
             # stack the labels of points that sit on top of each other instead of overprinting them
             near = [k for px, py, k in placed if abs(px - x) <= 0.03 * max(px, x) and abs(py - y) < 0.04 * y_span]
             level = max(near) + 1 if near else 0
             placed.append((x, y, level))
             ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(6, 3 - 10 * level), fontsize=8)
         ax.set_xlabel("parameters (M)")
-        ax.set_ylabel(primary)
-        ax.set_title(f"{task} / {backbone} ({provenance})")
+        seeds = sorted({r["seed"] for r in group})
+        ax.set_ylabel(primary + (f" (mean +- std, {len(seeds)} seeds)" if len(seeds) > 1 else ""))
+        ax.set_title(f"{task} / {backbone} ({provenance}, {budget})")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -37,6 +37,13 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
+def _seed_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in _csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def _pairs(pairs: list[str], flag: str, parse_json: bool) -> dict:
     out = {}
     for pair in pairs:
@@ -127,7 +134,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[SuiteConfig, bool]:
     p.add_argument("--teacher-weights", default=None, help="'hub' or a checkpoint path (default: train the teacher)")
     p.add_argument("--out", default=d.out, help="stage outputs: data, checkpoints, rows (default: %(default)s)")
     p.add_argument("--results", default=d.results, help="published results store and tables (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=_seed_list, default=None, metavar="S,S,...",
+                       help="student seeds, each a run of the whole grid; tables show mean +- std over them "
+                            f"(default: {','.join(map(str, d.seeds))})")
+    seeds.add_argument("--seed", type=int, default=None, help="one student seed (as --seeds N)")
+    p.add_argument("--teacher-seed", type=int, default=d.teacher_seed,
+                   help="seed of the synthetic data and the teacher, shared by every student seed "
+                        "(default: %(default)s)")
     p.add_argument("--budget", choices=BUDGETS, default=d.budget,
                    help="tiny: a one-minute check that a configuration runs; smoke: the CPU default; paper")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda[:N] (default: %(default)s)")
@@ -181,7 +195,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[SuiteConfig, bool]:
             log.info("factorisation set: running %s", ", ".join(method_names))
     cfg = SuiteConfig(
         backbone=a.backbone, methods=method_names, tasks=a.tasks, ratio=a.ratio, data=data,
-        scale_batch=a.scale_batch, teacher_weights=a.teacher_weights, out=a.out, results=a.results, seed=a.seed,
+        scale_batch=a.scale_batch, teacher_weights=a.teacher_weights, out=a.out, results=a.results,
+        seeds=a.seeds or ((a.seed,) if a.seed is not None else d.seeds), teacher_seed=a.teacher_seed,
         budget=a.budget, device=a.device, method_options=options, checkpoint_minutes=a.checkpoint_minutes,
         checkpoint_steps=a.checkpoint_steps, check_data=a.check_data,
     )

@@ -29,7 +29,10 @@ def test_default_config_is_valid():
         ({"tasks": ()}, "--tasks is empty"),
         ({"methods": ()}, "--methods is empty"),
         ({"device": "tpu"}, "--device 'tpu'"),
-        ({"seed": -1}, "--seed"),
+        ({"seeds": (-1,)}, "--seeds"),
+        ({"seeds": (0, 0)}, "--seeds must be distinct"),
+        ({"seeds": ()}, "--seeds"),
+        ({"teacher_seed": -2}, "--teacher-seed"),
         ({"checkpoint_steps": -1}, "checkpoint intervals"),
         ({"checkpoint_minutes": -0.5}, "checkpoint intervals"),
         ({"methods": ("pela",), "method_options": {"alpha": "abc"}}, "option alpha='abc': pela expects a number"),
@@ -70,9 +73,9 @@ def test_hash_is_stable_and_sensitive():
     assert a != config_hash({"x": 2, "y": [1, 2]})
 
 
-def _row(method, top1, prov="synthetic", options="", **extra):
-    return {"backbone": "deit_micro", "method": method, "options": options, "task": "cls", "seed": 0,
-            "provenance": prov, "budget": "smoke", "config_hash": "h" + method, "metrics": {"top1": top1, "top5": 99.0},
+def _row(method, top1, prov="synthetic", options="", seed=0, **extra):
+    return {"backbone": "deit_micro", "method": method, "options": options, "task": "cls", "seed": seed,
+            "teacher_seed": 0, "provenance": prov, "budget": "smoke", "config_hash": "h" + method, "metrics": {"top1": top1, "top5": 99.0},
             "primary_metric": "top1", "efficiency": {"params_m": 1.0, "gflops": 0.1}, **extra}
 
 
@@ -181,7 +184,7 @@ def test_leaderboard_marks_rows_of_another_code_version_and_notes_noise():
     assert f"svd {STALE_MARK}" in line["svd"] and f"dense {STALE_MARK}" in line["dense"]
     assert f"lora {STALE_MARK}" in line["lora"]  # no code recorded: not known to be this version
     assert f"{STALE_MARK} produced by another code version" in md and "aaaaaaaaaa)" in md
-    assert "One seed per row" in md  # the noise note
+    assert "an unmarked difference is not a finding" in md  # the noise note
     # Without a current version (or with every row current) nothing is marked.
     assert STALE_MARK not in render_markdown(rows)
     assert STALE_MARK not in render_markdown([rows[0]], current_code=current)
@@ -227,3 +230,65 @@ def test_code_version_hashes_the_source_and_ignores_results(tmp_path):
     if "commit" not in v:
         pytest.skip("not a git checkout")
     assert len(v["source"]) == 12 and "results" not in _SOURCE and "README.md" not in _SOURCE
+
+
+def _table_lines(md: str) -> dict[str, list[str]]:
+    """Each method's table line, split into cells (rank first)."""
+    return {cells[1].split()[0]: cells for cells in
+            ([c.strip() for c in ln.strip("|").split("|")] for ln in md.splitlines() if ln.startswith("| ")
+             and not ln.startswith("| rank"))}
+
+
+def test_leaderboard_averages_seeds_and_marks_only_differences_beyond_their_noise():
+    scores = {"pela": [80.0, 81.0, 82.0], "svd": [40.0, 41.0, 39.0], "svd_ft": [81.5, 79.5, 81.0],
+              "dense": [85.0, 85.0, 85.0]}
+    rows = [_row(m, v, seed=s) for m, vs in scores.items() for s, v in enumerate(vs)]
+    rows.append(_row("lora", 90.0, seed=0))  # one seed only: shown, never tested
+    md = render_markdown(rows)
+    assert "seeds 0, 1, 2 · teacher seed 0" in md and md.count("### cls") == 1  # one table, not one per seed
+    line = _table_lines(md)
+    header = next(ln for ln in md.splitlines() if ln.startswith("| rank"))
+    assert header.endswith("| n | vs pela |")
+    assert line["pela"][2] == "81.00 ± 1.00" and line["pela"][-2:] == ["3", "ref"]
+    assert line["svd"][2] == "40.00 ± 1.00" and line["svd"][-1] == "-41.00\u25bc"  # far beyond the noise
+    assert line["svd_ft"][-1] == "-0.33"  # within it: no mark
+    assert line["dense"][2] == "85.00 ± 0.00" and line["dense"][-1] == "+4.00\u25b2"
+    assert line["lora"][2] == "90.00" and line["lora"][-2:] == ["1", "+9.00"]
+    assert [cells[1] for cells in sorted(line.values(), key=lambda c: int(c[0]))] == \
+        ["lora", "dense", "pela", "svd_ft", "svd"]  # ranked by the mean
+    # Lower is better: a lower mean ranks first, and "better" still means better.
+    for r in rows:
+        r["higher_is_better"] = False
+    line = _table_lines(render_markdown(rows))
+    assert line["svd"][0] == "1" and line["svd"][-1] == "-41.00\u25b2"
+
+
+def test_leaderboard_without_pela_tests_against_the_uncompressed_model():
+    rows = [_row(m, v, seed=s) for m, vs in {"dense": [85.0, 86.0], "svd": [40.0, 41.0]}.items()
+            for s, v in enumerate(vs)]
+    md = render_markdown(rows)
+    assert "| n | vs dense |" in md and _table_lines(md)["dense"][-1] == "ref"
+
+
+def test_rows_of_another_teacher_seed_are_other_rows_and_another_table(tmp_path):
+    store = ResultStore(tmp_path / "r.jsonl")
+    store.put(_row("pela", 80.0, seed=1))
+    store.put({**_row("pela", 70.0, seed=1), "teacher_seed": 1})
+    assert len(store.rows()) == 2
+    old = {k: v for k, v in _row("pela", 60.0, seed=1).items() if k != "teacher_seed"}
+    assert row_id(old) == row_id({**old, "teacher_seed": 1})  # a row stored before the field: its own seed
+    md = render_markdown(store.rows())
+    assert "seed 1 · teacher seed 0" in md and "seed 1 · teacher seed 1" in md
+
+
+def test_welch_test_matches_scipy_and_handles_rows_without_spread():
+    from scipy import stats as sps
+
+    from benchmark.stats import summarize, welch_p
+
+    a, b = [80.0, 81.0, 82.5], [79.0, 79.5, 81.0, 78.0]
+    assert welch_p(a, b) == pytest.approx(sps.ttest_ind(a, b, equal_var=False).pvalue)
+    assert welch_p([1.0], b) is None
+    assert welch_p([2.0, 2.0], [2.0, 2.0]) == 1.0 and welch_p([2.0, 2.0], [3.0, 3.0]) == 0.0
+    s = summarize([1.0, 2.0, 3.0])
+    assert (s.mean, s.std, s.n) == (2.0, 1.0, 3)

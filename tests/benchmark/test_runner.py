@@ -333,3 +333,25 @@ def test_check_data_reads_every_image_before_the_teacher_trains(tmp_path, monkey
                       results=str(tmp_path / "results"), budget="tiny")
     with pytest.raises(PelaBenchError, match=f"cannot read image .*{victim.name}"):
         SuiteRunner(cfg, budget=TINY, progress=False).run()
+
+
+def test_several_seeds_share_one_teacher_and_give_one_row_per_seed(cfg, monkeypatch):
+    calls: list[str] = []
+    counting_train(monkeypatch, calls)
+    cfg = cfg.with_(methods=("dense", "svd_ft"), seeds=(0, 1))
+    rows = SuiteRunner(cfg, budget=TINY, progress=False).run()
+    assert [(r["method"], r["seed"], r["teacher_seed"]) for r in rows] == \
+        [("dense", 0, 0), ("svd_ft", 0, 0), ("dense", 1, 0), ("svd_ft", 1, 0)]
+    assert calls == ["teacher deit_micro", "svd_ft", "svd_ft"]  # the teacher trains once; each seed's student
+    by = {(r["method"], r["seed"]): r for r in rows}
+    # The uncompressed teacher does not train: every seed scores it the same; a pre-trained student differs.
+    assert by["dense", 0]["metrics"] == by["dense", 1]["metrics"]
+    assert by["svd_ft", 0]["config"]["student_hash"] != by["svd_ft", 1]["config"]["student_hash"]
+    assert by["svd_ft", 0]["loss_terms"] != by["svd_ft", 1]["loss_terms"]
+    assert len(ResultStore(Path(cfg.results) / "results.jsonl").rows()) == 4
+    md = (Path(cfg.results) / "leaderboard.md").read_text()
+    assert "seeds 0, 1 · teacher seed 0" in md and "| n | vs dense |" in md and "| 2 | ref |" in md
+    # A later run of one more seed reuses the teacher and the first seeds' rows.
+    calls.clear()
+    SuiteRunner(cfg.with_(seeds=(0, 1, 2)), budget=TINY, progress=False).run()
+    assert calls == ["svd_ft"]

@@ -191,6 +191,18 @@ def test_parse_args_data_flags_and_new_options(run_suite):
     assert cfg.method_options == {"alpha": 0.5, "rwp_form": "linear", "keep_full_rank": ["head*"]}
 
 
+def test_seed_flags(run_suite):
+    cfg, _ = run_suite.parse_args([])
+    assert cfg.seeds == (0,) and cfg.teacher_seed == 0
+    cfg, _ = run_suite.parse_args(["--seeds", "0,1,2", "--teacher-seed", "3"])
+    assert cfg.seeds == (0, 1, 2) and cfg.teacher_seed == 3
+    cfg, _ = run_suite.parse_args(["--seed", "4"])
+    assert cfg.seeds == (4,) and cfg.teacher_seed == 0  # one student seed, on the shared teacher
+    for bad in (["--seeds", "0,x"], ["--seed", "1", "--seeds", "2,3"]):
+        with pytest.raises(SystemExit):
+            run_suite.parse_args(bad)
+
+
 def test_ratio_with_default_methods_runs_the_factorising_ones(run_suite):
     cfg, _ = run_suite.parse_args(["--ratio", "3"])
     assert "pela" in cfg.methods and "svd" in cfg.methods and "pc_lora" in cfg.methods
