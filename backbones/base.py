@@ -135,6 +135,11 @@ class Backbone(nn.Module):
         """Class logits."""
         return self.model(image)
 
+    def pooled_features(self, image: torch.Tensor) -> torch.Tensor:
+        """(batch, dim): the image's feature as the classifier reads it, pooled, before the head
+        (the instance feature of the paper's Fig. 2). timm's ViT and Swin split their forward here."""
+        return self.model.forward_head(self.model.forward_features(image), pre_logits=True)
+
     def block_stages(self) -> list[int]:
         """The stage index of every block, in block order."""
         return [s for s, stage in enumerate(self.stages()) for _ in stage.blocks]

@@ -251,6 +251,42 @@ def measure_train_memory(model: nn.Module, step: Callable[[], None], device: str
             "optimizer_state_bytes": optimizer_bytes, "step_peak_bytes": activation, "method": method}
 
 
+def measure_train_step(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor], *, batch_size: int,
+                       repeats: int = 5, warmup: int = 2, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Median wall time and peak memory of one optimisation step (forward, backward, AdamW) of `model`.
+
+    `loss_fn(model)` computes the loss on a batch it holds. The model is trained in place:
+    pass a copy. Memory is `measure_train_memory`'s (weights, AdamW's moments, the step's peak).
+    """
+    if repeats < 1 or warmup < 0:
+        raise PelaBenchError(f"a training step needs repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    device = torch.device(device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-6)
+
+    def forward_backward() -> None:
+        loss_fn(model).backward()
+        for p in params:
+            p.grad = None
+
+    memory = measure_train_memory(model, forward_backward, device)
+    times = []
+    for i in range(warmup + repeats):
+        _sync(device)
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model).backward()
+        opt.step()
+        _sync(device)
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1000)
+    step_ms = statistics.median(times)
+    return {"train_step_ms": step_ms, "train_ms_per_img": step_ms / batch_size, "train_batch": batch_size,
+            "train_peak_mb": memory["peak_bytes"] / 2**20, "train_mem_method": memory["method"],
+            "train_step_repeats": repeats}
+
+
 def measure_all(model: nn.Module, input_shape: Inputs | Callable[[int], Inputs], *, latency_repeats: int = 20,
                 threads: int | None = None, device: str | torch.device = "cpu", flops_on_meta: bool = True,
                 latency_warmup: int = 3, latency_batch: int | None = None) -> dict[str, float]:

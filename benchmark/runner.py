@@ -25,18 +25,20 @@ from backbones import Backbone, create_backbone
 from benchmark.batch_scaling import BatchScaling
 from benchmark.config import (REFERENCE_METHOD, Budget, Schedule, SuiteConfig, method_options_for, resolve_device,
                               validate)
-from benchmark.efficiency import measure_all
+from benchmark.efficiency import measure_all, measure_train_step
 from benchmark.provenance import code_version, machine, versions
 from benchmark.stages import Stage, StageCache
 from benchmark.store import ResultStore
 from benchmark.tables import write_leaderboard
 from benchmark.trainer import Checkpointing, OptimConfig, train
+from common.batch import move_to
 from common.errors import PelaBenchError
 from common.io import atomic_save_torch, atomic_write_text
 from common.params import count_params
 from common.seed import seed_everything
 from methods import Method, create_method
 from tasks import RunContext, Task, TaskData, canonical_task_name, create_task
+from tasks.base import trainable_copy
 
 log = logging.getLogger("pela_bench")
 
@@ -90,6 +92,8 @@ class SuiteRunner:
         # Memory peaks (Table 9) are measured once per task, under the first seed.
         self.scaling = BatchScaling(self.device, cfg.seeds[0])
         self._data: dict[str, TaskData] = {}
+        self._teacher: Backbone | None = None  # set by `run`; the reference of analyses that compare with it
+        self._step_costs: dict[str, dict[str, Any]] = {}  # Table 8, per method setting
 
     # -- stage 0: data -------------------------------------------------------------------
     def data(self, task: Task) -> TaskData:
@@ -203,12 +207,20 @@ class SuiteRunner:
         return model, stage.hash
 
     # -- stages 2 and 3: compress, then pre-train ---------------------------------------------
-    def method(self, name: str) -> Method:
-        return create_method(name, **method_options_for(name, self.cfg))
+    def pretrain_schedule(self) -> Schedule:
+        return self.budget.pretrain_for(self.backbone_params, self.pretrain_task.name)
+
+    def methods(self, name: str) -> list[Method]:
+        """Method `name` at each of `--ratio`'s ratios; one instance where the ratio changes nothing (dense)."""
+        out: dict[str, Method] = {}
+        for ratio in self.cfg.ratios or (None,):
+            method = create_method(name, **method_options_for(name, self.cfg, ratio))
+            out.setdefault(json.dumps(method.describe(), sort_keys=True, default=str), method)
+        return list(out.values())
 
     def student_stage(self, method: Method, teacher_hash: str) -> Stage:
         spec = {"teacher": teacher_hash, **method.describe(),
-                "schedule": self.budget.pretrain_for(self.backbone_params) if method.trains else None,
+                "schedule": self.pretrain_schedule() if method.trains else None,
                 "seed": self.seed}
         return self.cache.stage(f"students/{self.cfg.backbone.replace(':', '_')}", method.name, spec)
 
@@ -220,7 +232,7 @@ class SuiteRunner:
         student = method.build_student(teacher)
         if not method.trains:
             return StudentResult(student.eval(), stage.hash, {}, 0.0)
-        sched = self.budget.pretrain_for(self.backbone_params)
+        sched = self.pretrain_schedule()
         trained: list[nn.Module] = []
 
         def fit(folder: Path) -> dict[str, Any]:
@@ -315,13 +327,15 @@ class SuiteRunner:
                      task.describe_schedule(schedule, batch), stage.dir)
         work_dir = stage.dir / WORK_DIR
         ctx = RunContext(self.device, self.seed, work_dir, self.workers, self.progress, batch,
-                         fit=self._fit(work_dir))
+                         fit=self._fit(work_dir), reference=self._teacher)
         res = task.run(result.model, data, schedule, ctx)
         efficiency = measure_all(task.measured_module(res),
                                  lambda n: task.example_inputs(data, schedule, res.model, n),
                                  latency_batch=self.budget.latency_batch_size,
                                  latency_repeats=schedule.latency_repeats, threads=torch.get_num_threads(),
                                  device=str(self.device), **task.measure_options)
+        if task.name == self.pretrain_task.name:
+            efficiency.update(self.pretrain_step_cost(method, result.model))
         efficiency["input_size"] = task.input_size(schedule, data)
         if task.measure_scope:
             efficiency["scope"] = task.measure_scope
@@ -334,6 +348,7 @@ class SuiteRunner:
             "backbone": cfg.backbone,
             "method": method.name + variant,
             "options": method.options_label(),
+            "ratio": method.compression_ratio(self.info),
             "task": task.name,
             "seed": self.seed,
             "teacher_seed": cfg.teacher_seed,
@@ -346,6 +361,7 @@ class SuiteRunner:
             "metrics": res.metrics,
             "efficiency": efficiency,
             **({"finetune": finetune} if task.fine_tunes else {}),
+            **({"analysis": res.analysis} if res.analysis else {}),
             "train_seconds": res.seconds,
             "loss_terms": result.loss_terms,
             "pretrain_seconds": result.train_seconds,
@@ -360,12 +376,30 @@ class SuiteRunner:
                        "schedule": asdict(schedule), "teacher_hash": teacher_hash, "student_hash": result.stage_hash},
         }
 
+    def pretrain_step_cost(self, method: Method, student: nn.Module) -> dict[str, Any]:
+        """Table 8: one step of pre-training the student's architecture on the base objective, at the
+        pre-training batch (the paper times the plain low-rank model against the original one; a
+        method's own loss terms and teacher are in its `pretrain_seconds`). The cost does not depend
+        on the weights, so it is measured once per method setting and shared by the seeds."""
+        key = json.dumps(method.describe(), sort_keys=True, default=str)
+        if key not in self._step_costs:
+            task, sched = self.pretrain_task, self.pretrain_schedule()
+            seed_everything(self.seed)
+            loader = torch.utils.data.DataLoader(task.train_split(self.data(task)), batch_size=sched.batch_size)
+            batch = move_to(next(iter(loader)), self.device)
+            objective = task.objective()
+            self._step_costs[key] = measure_train_step(
+                trainable_copy(student), lambda m: objective.loss(objective.forward(m, batch), batch),
+                batch_size=sched.batch_size, device=self.device)
+        return self._step_costs[key]
+
     # -- the whole suite ----------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
         """Every row of the grid, once per student seed; the data and the teacher are shared by all seeds."""
         for task in (self.pretrain_task, *self.tasks.values()):
             self.data(task)  # bad data must stop the run before the teacher trains
         teacher, teacher_hash = self.teacher()
+        self._teacher = teacher
         rows = []
         for i, seed in enumerate(self.cfg.seeds, 1):
             self.seed = seed
@@ -381,19 +415,18 @@ class SuiteRunner:
         if self.cfg.scale_batch:  # the uncompressed model first: its training peak is the others' limit
             names.sort(key=lambda name: name != REFERENCE_METHOD)
         rows = []
-        for name in names:
-            method = self.method(name)
+        for method in (m for name in names for m in self.methods(name)):
             cached: list[StudentResult] = []
 
-            def student() -> StudentResult:  # built only when some row needs it
-                if not cached:
+            def student(method: Method = method, cached: list[StudentResult] = cached) -> StudentResult:
+                if not cached:  # built only when some row needs it
                     cached.append(self.student(method, teacher, teacher_hash))
                 return cached[0]
 
             for task in self.tasks.values():
                 reason = method.unsupported(task.needs)
                 if reason:
-                    log.info("%s / %s: skipped, %s", name, task.name, reason)
+                    log.info("%s / %s: skipped, %s", method.name, task.name, reason)
                     continue
                 for variant in self.variants(method, task):
                     row = self.row(method, task, variant, student, teacher_hash)

@@ -88,6 +88,12 @@ class Method:
         """Why this method's student cannot serve a task that needs `needs` (None: it can)."""
         return next((self.lacks[n] for n in needs if n in self.lacks), None)
 
+    def compression_ratio(self, info: Any) -> float | None:
+        """The ratio the student is factorised at (the backbone's preset unless set); None: not factorised."""
+        if not self.takes_ratio:
+            return None
+        return float(self.options.ratio) if self.options.ratio is not None else info.paper_ratio
+
     def table_fields(self) -> dict[str, Any]:
         """Per-row flags the leaderboard shows for this method (PELA: which loss terms are on)."""
         return {}

@@ -25,3 +25,6 @@ class Dense(Method):
 
     def options_label(self) -> str:
         return ""
+
+    def compression_ratio(self, info: Any) -> float | None:
+        return None

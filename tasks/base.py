@@ -69,6 +69,8 @@ class RunContext:
     # ``fit(model, loss_fn, dataset, *, epochs, lr, batch_size, weight_decay, warmup_epochs, desc)``
     # returns per-epoch means of the loss terms (`benchmark.trainer.train`).
     fit: Callable[..., list[dict[str, float]]] | None = None
+    # The uncompressed model, for analyses that compare a student with it (feature similarity).
+    reference: nn.Module | None = None
 
 
 @dataclass
@@ -77,6 +79,7 @@ class TaskResult:
     model: nn.Module  # what the efficiency measurements run (the student, or the fine-tuned model)
     seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)  # stored under the row's "finetune"
+    analysis: dict[str, Any] = field(default_factory=dict)  # stored under the row's "analysis" (figures)
 
 
 class Task:

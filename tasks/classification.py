@@ -11,28 +11,19 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets as tv_datasets
-from torchvision import transforms as T
+from torchvision.transforms import v2
 
 from common.errors import PelaBenchError
+from tasks.images import LabelledImages, load_rgb, to_normalized
 from tasks.base import Metric, RunContext, Task, TaskData, TaskResult, check_files, register_task
 from tasks import synthetic as scenes
 from tasks.synthetic import WorldConfig, read_marker, write_classification
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def load_rgb(path: str) -> Image.Image:
-    """Open an image as RGB; an unreadable file is an error that names it."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise PelaBenchError(f"cannot read image {path}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -58,33 +49,33 @@ class DictSamples(Dataset):
         return {"image": image, "label": label}
 
 
-def _transforms(img_size: int, synthetic: bool) -> tuple[T.Compose, T.Compose]:
+def _transforms(img_size: int, synthetic: bool) -> tuple[v2.Compose, v2.Compose]:
     # ImageNet recipe: random-resized crops down to 8 % of the image and a 0.875 centre
     # crop. Synthetic scenes put the subject anywhere, so they keep most of the frame.
     scale_min, crop_pct = (0.8, 1.0) if synthetic else (0.08, 0.875)
-    norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train = T.Compose([
-        T.RandomResizedCrop(img_size, scale=(scale_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        norm,
+    bicubic = v2.InterpolationMode.BICUBIC
+    train = v2.Compose([
+        v2.RandomResizedCrop(img_size, scale=(scale_min, 1.0), interpolation=bicubic, antialias=True),
+        v2.RandomHorizontalFlip(),
+        *to_normalized(IMAGENET_MEAN, IMAGENET_STD),
     ])
-    val = T.Compose([
-        T.Resize(round(img_size / crop_pct), interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(img_size),
-        T.ToTensor(),
-        norm,
+    val = v2.Compose([
+        v2.Resize(round(img_size / crop_pct), interpolation=bicubic, antialias=True),
+        v2.CenterCrop(img_size),
+        *to_normalized(IMAGENET_MEAN, IMAGENET_STD),
     ])
     return train, val
 
 
-def image_folder(path: Path, transform: T.Compose) -> tv_datasets.ImageFolder:
+def image_folder(path: Path, transform: v2.Compose) -> LabelledImages:
+    """The images of ``path/<class>/*`` with their class index (classes sorted, as torchvision's ImageFolder)."""
     if not path.is_dir():
         raise PelaBenchError(f"image folder not found: {path} (expected <root>/train and <root>/val, one sub-folder per class)")
     try:
-        return tv_datasets.ImageFolder(str(path), transform=transform, loader=load_rgb)
+        folder = tv_datasets.ImageFolder(str(path), loader=load_rgb)  # indexes the files; reads none
     except FileNotFoundError as exc:  # no class folders or no images
         raise PelaBenchError(f"no images in {path}: {exc}") from None
+    return LabelledImages(folder.samples, transform, classes=folder.classes)
 
 
 def image_folder_datasets(root: str | Path, img_size: int) -> ClassificationData:
@@ -140,6 +131,8 @@ class ClassificationTask(Task):
         "smoke": ClassificationSchedule(synthetic_train=3200, synthetic_val=800, latency_repeats=50),
         "paper": ClassificationSchedule(synthetic_train=50_000, synthetic_val=10_000, latency_repeats=50),
     }
+    _reference_key: tuple[int, int] | None = None
+    _reference_cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def synthetic_spec(self, schedule: ClassificationSchedule, img_size: int | None) -> dict[str, Any]:
         return {"n_train": schedule.synthetic_train, "n_val": schedule.synthetic_val, "img_size": img_size or 64,
@@ -176,7 +169,21 @@ class ClassificationTask(Task):
     def run(self, student: nn.Module, data: TaskData, schedule: ClassificationSchedule, ctx: RunContext) -> TaskResult:
         loader = DataLoader(DictSamples(data.content.val), batch_size=schedule.eval_batch_size, shuffle=False,
                             num_workers=ctx.workers, pin_memory=ctx.device.type == "cuda")
-        return TaskResult(self.evaluate(student, loader, ctx.device), student)
+        analysis = {}
+        if ctx.reference is not None and hasattr(student, "pooled_features"):
+            reference = self._reference_features(ctx.reference, loader, ctx.device)
+            analysis["feature_similarity"] = feature_similarity(
+                pooled_features(student, loader, ctx.device), reference, data.content.classes)
+        return TaskResult(self.evaluate(student, loader, ctx.device), student, analysis=analysis)
+
+    def _reference_features(self, reference: nn.Module, loader: DataLoader, device: torch.device
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        # Every row of a run compares with the same model on the same images: computed once.
+        key = (id(reference), id(loader.dataset.dataset))
+        if self._reference_key != key:
+            self._reference_cache = pooled_features(reference, loader, device)
+            self._reference_key = key
+        return self._reference_cache
 
     def example_inputs(self, data: TaskData, schedule: ClassificationSchedule, model: nn.Module, batch_size: int
                        ) -> dict[str, torch.Tensor]:
@@ -201,3 +208,34 @@ class ClassificationTask(Task):
         if total == 0:
             raise PelaBenchError("the evaluation split is empty")
         return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total}
+
+
+@torch.inference_mode()
+def pooled_features(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu"
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image's pooled feature (`Backbone.pooled_features`), unit length, and its label."""
+    model.eval()
+    feats, labels = [], []
+    for batch in loader:
+        feats.append(F.normalize(model.pooled_features(batch["image"].to(device)).float(), dim=1).cpu())
+        labels.append(batch["label"])
+    return torch.cat(feats), torch.cat(labels)
+
+
+def feature_similarity(student: tuple[torch.Tensor, torch.Tensor], reference: tuple[torch.Tensor, torch.Tensor],
+                       classes: list[str]) -> dict[str, Any]:
+    """Per class: how alike the student's features of its images are (the mean cosine over pairs of
+    distinct images: the paper's Fig. 2, where plain SVD's features crowd together), and how close each
+    is to the uncompressed model's feature of the same image (mean cosine; None if the widths differ)."""
+    feats, labels = student
+    ref_feats, ref_labels = reference
+    if not torch.equal(labels, ref_labels):
+        raise PelaBenchError("feature similarity: the student and the reference saw different images")
+    within, to_ref = [], []
+    for c in range(len(classes)):
+        f = feats[labels == c]
+        n = len(f)
+        within.append(float(((f @ f.T).sum() - (f * f).sum()) / (n * (n - 1))) if n > 1 else None)
+        same_width = f.shape[1] == ref_feats.shape[1]
+        to_ref.append(float((f * ref_feats[labels == c]).sum(1).mean()) if n and same_width else None)
+    return {"classes": list(classes), "within_class": within, "to_dense": to_ref}

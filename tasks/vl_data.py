@@ -17,12 +17,12 @@ from typing import Any, Callable, ClassVar, Iterable
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms as T
+from torchvision.transforms import v2
 
 from common.batch import move_to
 from common.errors import PelaBenchError
 from tasks.base import RunContext, Task, TaskData, TaskResult, trainable_copy
-from tasks.classification import load_rgb
+from tasks.images import load_rgb_tensor, to_normalized
 from tasks.synthetic import read_marker
 from tasks.text import BERT_VOCAB_SIZE, ClipBpeTokenizer, Tokenizer, mask_tokens, pre_caption
 
@@ -94,14 +94,16 @@ def load_tokenizer(root: Path, kind: str = "vocab") -> Tokenizer | ClipBpeTokeni
     return Tokenizer.from_file(path, expect_size=None if synthetic else BERT_VOCAB_SIZE)
 
 
-def image_transforms(img_size: int, synthetic: bool, train: bool) -> T.Compose:
+def image_transforms(img_size: int, synthetic: bool, train: bool) -> v2.Compose:
     """ALBEF's: random-resized crops (scale 0.5-1) and flips for training real images; a plain
-    resize otherwise. Synthetic captions name positions ("on the left"), so those are never flipped or cropped."""
-    norm = T.Normalize(VL_MEAN, VL_STD)
+    resize otherwise. Synthetic captions name positions ("on the left"), so those are never flipped or cropped.
+    Images come as uint8 tensors (`tasks.images`)."""
+    bicubic = v2.InterpolationMode.BICUBIC
     if train and not synthetic:
-        return T.Compose([T.RandomResizedCrop(img_size, scale=(0.5, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-                          T.RandomHorizontalFlip(), T.ToTensor(), norm])
-    return T.Compose([T.Resize((img_size, img_size), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(), norm])
+        return v2.Compose([v2.RandomResizedCrop(img_size, scale=(0.5, 1.0), interpolation=bicubic, antialias=True),
+                           v2.RandomHorizontalFlip(), *to_normalized(VL_MEAN, VL_STD)])
+    return v2.Compose([v2.Resize((img_size, img_size), interpolation=bicubic, antialias=True),
+                       *to_normalized(VL_MEAN, VL_STD)])
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,8 @@ class CaptionPairs(Dataset):
     """(image, caption) pairs as dict samples. An entry whose caption is a list yields one
     caption drawn at random each time (ALBEF's pre-training loader); `image_ids` numbers images."""
 
-    def __init__(self, root: Path, entries: list[dict[str, Any]], tokenizer: Tokenizer, transform: T.Compose,
+    def __init__(self, root: Path, entries: list[dict[str, Any]], tokenizer: Tokenizer,
+                 transform: Callable[[torch.Tensor], torch.Tensor],
                  text: TextSettings, image_ids: list[int] | None = None, mlm: bool = False) -> None:
         self.root, self.entries, self.tokenizer, self.transform = root, entries, tokenizer, transform
         self.text, self.image_ids, self.mlm = text, image_ids, mlm
@@ -128,7 +131,7 @@ class CaptionPairs(Dataset):
         caption = entry["caption"]
         if isinstance(caption, list):
             caption = caption[int(torch.randint(len(caption), ()))]
-        sample = {"image": self.transform(load_rgb(str(image_path(self.root, entry))))}
+        sample = {"image": self.transform(load_rgb_tensor(image_path(self.root, entry)))}
         sample.update(encode_text(self.tokenizer, caption, self.text))
         if self.image_ids is not None:
             sample["image_id"] = self.image_ids[index]
@@ -158,7 +161,8 @@ class ImageTexts(Dataset):
     """One sample per entry: its image, its text field `text_key` tokenised, and whatever `extra`
     adds from the entry and its index (labels, answers, the index itself)."""
 
-    def __init__(self, root: Path, entries: list[dict[str, Any]], tokenizer: Tokenizer, transform: T.Compose,
+    def __init__(self, root: Path, entries: list[dict[str, Any]], tokenizer: Tokenizer,
+                 transform: Callable[[torch.Tensor], torch.Tensor],
                  text: TextSettings, text_key: str,
                  extra: Callable[[dict[str, Any], int], dict[str, Any]] | None = None) -> None:
         self.root, self.entries, self.tokenizer, self.transform = root, entries, tokenizer, transform
@@ -169,7 +173,7 @@ class ImageTexts(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         e = self.entries[index]
-        sample = {"image": self.transform(load_rgb(str(image_path(self.root, e)))),
+        sample = {"image": self.transform(load_rgb_tensor(image_path(self.root, e))),
                   **encode_text(self.tokenizer, e[self.text_key], self.text)}
         if self.extra is not None:
             sample.update(self.extra(e, index))
@@ -179,14 +183,14 @@ class ImageTexts(Dataset):
 class Images(Dataset):
     """Images alone (evaluation encodes every image once)."""
 
-    def __init__(self, paths: list[Path], transform: T.Compose) -> None:
+    def __init__(self, paths: list[Path], transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.paths, self.transform = paths, transform
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"image": self.transform(load_rgb(str(self.paths[index])))}
+        return {"image": self.transform(load_rgb_tensor(self.paths[index]))}
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,13 @@ def _seed_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _ratio_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in _csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def _pairs(pairs: list[str], flag: str, parse_json: bool) -> dict:
     out = {}
     for pair in pairs:
@@ -119,7 +126,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[SuiteConfig, bool]:
                    help=f"comma-separated methods (default: {','.join(d.methods)}; with --ratio, those that take "
                         "one; with only seg/det tasks, the paper's Tables 2 and 3 methods)")
     p.add_argument("--tasks", type=_csv, default=d.tasks, help="comma-separated tasks (default: %(default)s)")
-    p.add_argument("--ratio", type=float, default=None, help="compression ratio (default: the backbone's paper preset)")
+    p.add_argument("--ratio", type=_ratio_list, default=(), metavar="R,R,...",
+                   help="compression ratio, or several for a sweep (Fig. 4: 1.5,2,3,5,10), each a student of every "
+                        "factorising method (default: the backbone's paper preset)")
     p.add_argument("--data", action="append", default=[], metavar="TASK=DIR",
                    help="a task's data in its real on-disk format (cls: ImageNet folder, also the teacher's and "
                         "pre-training data; seg: ADE20K; det: COCO); default: the synthetic world")
@@ -188,13 +197,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[SuiteConfig, bool]:
     if method_names is None:
         method_names = applicable(a.backbone, default_methods(a.tasks, d.methods))
         # A ratio or a full-rank list is for the factorising methods; named others are refused.
-        if a.ratio is not None or "keep_full_rank" in options:
+        if a.ratio or "keep_full_rank" in options:
             from methods import method_class
 
             method_names = tuple(m for m in method_names if method_class(m).takes_ratio)
             log.info("factorisation set: running %s", ", ".join(method_names))
     cfg = SuiteConfig(
-        backbone=a.backbone, methods=method_names, tasks=a.tasks, ratio=a.ratio, data=data,
+        backbone=a.backbone, methods=method_names, tasks=a.tasks, ratios=a.ratio, data=data,
         scale_batch=a.scale_batch, teacher_weights=a.teacher_weights, out=a.out, results=a.results,
         seeds=a.seeds or ((a.seed,) if a.seed is not None else d.seeds), teacher_seed=a.teacher_seed,
         budget=a.budget, device=a.device, method_options=options, checkpoint_minutes=a.checkpoint_minutes,

@@ -20,7 +20,8 @@ def test_default_config_is_valid():
         ({"backbone": "vit_giant"}, "unknown backbone 'vit_giant'"),
         ({"methods": ("pela", "zip")}, "unknown method 'zip'"),
         ({"tasks": ("vqa",)}, "task 'vqa' needs a vision-language backbone"),
-        ({"ratio": 0.5}, "--ratio"),
+        ({"ratios": (0.5,)}, "--ratio"),
+        ({"ratios": (2.0, 2.0)}, "--ratio lists a ratio twice"),
         ({"budget": "huge"}, "--budget"),
         ({"data": {"cls": "/nonexistent/imagenet"}}, "--data cls=/nonexistent/imagenet does not exist"),
         ({"data": {"classification": "/nonexistent/imagenet"}}, "--data cls=/nonexistent/imagenet"),  # an alias

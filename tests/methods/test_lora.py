@@ -102,4 +102,4 @@ def test_a_backbone_whose_targets_match_nothing_is_refused():
 
 def test_lora_with_a_ratio_is_refused():
     with pytest.raises(PelaBenchError, match="lora takes no compression ratio"):
-        validate(SuiteConfig(methods=("lora",), ratio=2.0))
+        validate(SuiteConfig(methods=("lora",), ratios=(2.0,)))

@@ -22,6 +22,8 @@ COUNTS = {
     "seg": {"training": 4, "validation": 4},
     "det": {"train2017": 2, "val2017": 2},
 }
+# Tasks whose data sets this small are held in memory, decoded when they load (`tasks.images`).
+DECODED_AT_LOAD = {"cls"}
 # One file of each kind a check must read: (task, glob under the root); the last match is damaged.
 VICTIMS = [
     ("cls", "val/*/*.png"),
@@ -64,8 +66,11 @@ def test_a_damaged_file_is_named(roots, tmp_path, name, pattern, damage):
     victim = sorted(root.glob(pattern))[-1]
     raw = victim.read_bytes()
     victim.write_bytes(b"\x89PNG not an image at all" if damage == "garbage" else raw[: len(raw) // 2])
-    # Loading only checks the layout, so it still succeeds; the check reads every file.
-    task, data = _load(name, root)
-    with pytest.raises(PelaBenchError, match="cannot read image") as e:
-        task.check_data(data, progress=False)
+    if name in DECODED_AT_LOAD:  # a small image folder is decoded into memory as it loads
+        with pytest.raises(PelaBenchError, match="cannot read image") as e:
+            _load(name, root)
+    else:  # loading only checks the layout, so it still succeeds; the check reads every file
+        task, data = _load(name, root)
+        with pytest.raises(PelaBenchError, match="cannot read image") as e:
+            task.check_data(data, progress=False)
     assert str(victim) in str(e.value)

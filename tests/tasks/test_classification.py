@@ -124,15 +124,36 @@ def test_empty_evaluation_split_is_an_error():
 def test_corrupt_image_is_named(root, tmp_path):
     import shutil
 
+    from tasks.images import LabelledImages
+
     bad_root = tmp_path / "bad"
     shutil.copytree(root, bad_root)
     victim = next((bad_root / "val").rglob("*.png"))
     victim.write_bytes(b"\x89PNG garbage")
     task = create_task("cls")
-    data = task.load(bad_root, task.schedule("smoke"), 64)
+    # A set small enough to hold is decoded as it loads, so the run stops before any training.
     with pytest.raises(PelaBenchError, match=victim.name):
-        for _ in DataLoader(DictSamples(data.content.val), batch_size=16):
+        task.load(bad_root, task.schedule("smoke"), 64)
+    # A set too large to hold is decoded per sample; the loader names the file.
+    samples = sorted((str(p), 0) for p in (bad_root / "val").rglob("*.png"))
+    lazy = LabelledImages(samples, lambda x: x.float(), in_memory=False)
+    assert not lazy.images.in_memory
+    with pytest.raises(PelaBenchError, match=victim.name):
+        for _ in DataLoader(lazy, batch_size=16):
             pass
+
+
+def test_small_sets_are_held_in_memory_and_read_as_from_disk(root, monkeypatch):
+    from tasks import images
+    from tasks.images import ImageFiles, load_rgb_tensor
+
+    paths = sorted((root / "val").rglob("*.png"))
+    held = ImageFiles(paths)
+    assert held.in_memory and len(held) == len(paths)
+    assert torch.equal(held[3], load_rgb_tensor(paths[3])) and held[3].dtype == torch.uint8
+    monkeypatch.setattr(images, "MEMORY_LIMIT_BYTES", 3 * 64 * 64 * (len(paths) - 1))
+    assert not ImageFiles(paths).in_memory  # one image over the limit: decoded per access
+    assert torch.equal(ImageFiles(paths)[3], held[3])
 
 
 def test_missing_root_and_split(tmp_path):

@@ -205,10 +205,15 @@ def test_seed_flags(run_suite):
 
 def test_ratio_with_default_methods_runs_the_factorising_ones(run_suite):
     cfg, _ = run_suite.parse_args(["--ratio", "3"])
+    assert cfg.ratios == (3.0,)
     assert "pela" in cfg.methods and "svd" in cfg.methods and "pc_lora" in cfg.methods
     assert not {"lora", "tome", "tinybert", "maskalign"} & set(cfg.methods)
     cfg, _ = run_suite.parse_args([])
-    assert "lora" in cfg.methods and cfg.ratio is None
+    assert "lora" in cfg.methods and cfg.ratios == ()
+    cfg, _ = run_suite.parse_args(["--ratio", "1.5,2,3,5,10", "--methods", "svd,pela"])  # Fig. 4's sweep
+    assert cfg.ratios == (1.5, 2.0, 3.0, 5.0, 10.0)
+    with pytest.raises(SystemExit):
+        run_suite.parse_args(["--ratio", "2,x"])
     # Tables 2/3's Swin: the dense-task defaults, narrowed to those that factorise.
     cfg, _ = run_suite.parse_args(["--backbone", "swin_base", "--tasks", "seg,det", "--ratio", "2",
                                    "--set", 'keep_full_rank=["head*","patch_embed*","norm","downsample*"]'])
