@@ -232,8 +232,8 @@ def _section(rows: list[dict[str, Any]], primary: str, current_code: dict[str, A
     out = [header, rule, *(table_line(ln) for ln in lines if ln.rank is not None)]
     rest = [ln for ln in lines if ln.rank is None]
     if rest:
-        out += ["", "**Not compressed** (not ranked): the uncompressed model, and lines that do not cut its parameters or GFLOPs or that grow either:", "",
-                header, rule, *(table_line(ln) for ln in rest)]
+        out += ["", "**Not compressed** (not ranked): the uncompressed model, and lines that do not cut its "
+                "parameters or GFLOPs or that grow either:", "", header, rule, *(table_line(ln) for ln in rest)]
     return out
 
 

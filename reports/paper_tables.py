@@ -222,7 +222,7 @@ def _intro(table: paper.PaperTable) -> list[str]:
             "results store.",
             "Ours: mean ± std over seeds (n per line; sizes and FLOPs are the same under every seed and "
             "shown once). A difference smaller than the spread over seeds is not a finding, and with n = 1 "
-            "there is no spread to judge by. Other methods and options: `leaderboard.md`."]
+            "there is no spread to judge by. Other methods and options: `../leaderboard.md`."]
 
 
 def _build(number: int, slug: str, title: str, parts: list[tuple[Part, list, bool]], ctx: Context,
@@ -290,7 +290,7 @@ def table5(ctx: Context) -> Table:
 
 def table6(ctx: Context) -> Table:
     vg = Metric("grounding_acc", (("val paper", "val"), ("testA paper", "testA"), ("testB paper", "testB")),
-                "metrics.grounding_acc", "ours", paper_fmt="{:.2f}")
+                "metrics.grounding_acc", "grounding acc ours", paper_fmt="{:.2f}")
     parts = [method_part(ctx, paper.TABLE6, "albef_base", [vg], "grounding", None, dense_label="ALBEF")]
     foot = ["Ours scores one test split of referring expressions."]
     return _build(6, "table6_grounding", "Weakly supervised visual grounding (RefCOCO+)", parts, ctx, foot)

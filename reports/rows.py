@@ -141,9 +141,11 @@ class Run:
                      f"not {paper_name} (compare drops from the uncompressed model, not absolute numbers)")
         seeds = self.seeds
         seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
-        others = f"; {self.others} other run(s) of it in leaderboard.md" if self.others else ""
+        others = f"; {self.others} other run(s) of it in ../leaderboard.md" if self.others else ""
+        sizes = sorted({get(r, "efficiency.input_size") for r in self.rows} - {None})
+        size = f" · measured at {'/'.join(map(str, sizes))} px" if sizes else ""
         return (f"{model} · {self.provenance} data · budget {self.budget} · {seed_text} "
-                f"(teacher seed {self.teacher_seed}) · {', '.join(self.devices)}{others}")
+                f"(teacher seed {self.teacher_seed}) · {', '.join(self.devices)}{size}{others}")
 
 
 def _preference(key: tuple[str, str, int], size: int) -> tuple:

@@ -34,7 +34,7 @@ def similarity_rows(row):
 def test_tradeoff_figure_per_backbone_and_task(row, tmp_path):
     rows = [row(m, s, seed=i) for m, scores in (("dense", (90, 91)), ("pela", (88, 87)), ("lora", (89, 90)),
                                                  ("tome", (85, 86)), ("svd", (60, 61))) for i, s in enumerate(scores)]
-    rows += [row("dense", 40.0, task="seg", backbone="swin_micro"), row("pela", 39.0, task="seg", backbone="swin_micro")]
+    rows += [row(m, s, task="seg", backbone="swin_micro") for m, s in (("dense", 40.0), ("pela", 39.0))]
     written = write_figures(rows, tmp_path)
     names = {p.name for p in written}
     assert {"tradeoff_cls_deit_micro_synthetic_smoke_t0.png", "tradeoff_seg_swin_micro_synthetic_smoke_t0.png",
