@@ -226,7 +226,8 @@ def similarity_figures(rows: list[dict[str, Any]]) -> list[Figure]:
         classes = list(dict.fromkeys(c for d in (*within.values(), *to_dense.values()) for c in d))
         seeds = _seeds([r for r in group if get(r, "analysis.feature_similarity")], spread=False)
         plt = _plt()
-        fig, axes = plt.subplots(1, 2, figsize=(max(11, 0.45 * len(classes) * 2), 4.8))
+        bars = len(classes) <= _MAX_CLASS_BARS
+        fig, axes = plt.subplots(1, 2, figsize=(max(11, 0.9 * len(classes)) if bars else 11, 4.8))
         style = _style(list(SIMILARITY_METHODS))
         panels = ((axes[0], within, "within-class cosine similarity\n(own features, pairs of one class)"),
                   (axes[1], to_dense, "cosine similarity to dense's features\n(same image)"))
@@ -235,7 +236,7 @@ def similarity_figures(rows: list[dict[str, Any]]) -> list[Figure]:
                 ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
                 ax.set_axis_off()
                 continue
-            if len(classes) <= _MAX_CLASS_BARS:
+            if bars:
                 width = 0.8 / len(data)
                 for i, (method, values) in enumerate(data.items()):
                     xs = [j + (i - (len(data) - 1) / 2) * width for j in range(len(classes))]
