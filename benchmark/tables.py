@@ -8,12 +8,15 @@ from __future__ import annotations
 import copy
 import csv
 import io
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmark.config import REFERENCE_METHOD
 from benchmark.provenance import code_label, code_version, same_code
 from benchmark.stats import ALPHA, summarize, welch_p
 from benchmark.store import teacher_seed
+from benchmark.tradeoff import pareto_optimal, shrinks
 from common.io import atomic_write_bytes, atomic_write_text
 
 # (row path, column header, format). Each row also carries its task's own columns
@@ -112,7 +115,7 @@ def _mean_row(rows: list[dict[str, Any]], paths: list[str]) -> dict[str, Any]:
 
 
 def _delta_cell(values: list[float], ref_values: list[float] | None, sign: int) -> str:
-    if ref_values is None:
+    if ref_values is None or not values:
         return "-"
     delta = summarize(values).mean - summarize(ref_values).mean
     p = welch_p(values, ref_values)
@@ -120,13 +123,78 @@ def _delta_cell(values: list[float], ref_values: list[float] | None, sign: int) 
     return f"{delta:+.2f}{mark}"
 
 
-def _section(rows: list[dict[str, Any]], primary: str, current_code: dict[str, Any] | None = None) -> list[str]:
-    """One table: a line per method (and options), its seeds' rows averaged; the primary metric as
-    mean +- std with n, and its difference from the reference method, marked where it is beyond noise."""
+@dataclass
+class Line:
+    """One method (with its options) of a section: its seeds' rows and where it stands."""
+    key: tuple[str, str]
+    rows: list[dict[str, Any]]
+    scores: list[float]
+    params: float | None
+    gflops: float | None
+    shrinks: bool | None = None  # a compression of the uncompressed model (benchmark.tradeoff.shrinks)
+    rank: int | None = None  # among the compression methods only
+    kept: dict[str, float | None] = field(default_factory=dict)  # % of dense: score, params, gflops
+    pareto: dict[str, bool] = field(default_factory=dict)  # cost name -> on the front of score vs it
+
+    @property
+    def mean(self) -> float | None:
+        return summarize(self.scores).mean if self.scores else None
+
+
+def _mean_of(rows: list[dict[str, Any]], path: str) -> float | None:
+    values = [v for v in (_get(r, path) for r in rows) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return sum(values) / len(values) if values else None
+
+
+def _pct(value: float | None, ref: float | None) -> float | None:
+    return None if value is None or not ref else 100.0 * value / ref
+
+
+def section_lines(rows: list[dict[str, Any]]) -> list[Line]:
+    """A section's lines: the ranked compression methods first (best first), then every line that
+    does not shrink the model (by mean score). Without an uncompressed line nothing can be told
+    apart, and every line is ranked as one list."""
+    primary = rows[0].get("primary_metric", "top1")
     sign = 1 if rows[0].get("higher_is_better", True) else -1
     by_method: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in sorted(rows, key=lambda r: r["seed"]):
         by_method.setdefault(_method_key(r), []).append(r)
+    lines = [Line(key, group, [v for v in (_get(r, f"metrics.{primary}") for r in group) if v is not None],
+                  _mean_of(group, "efficiency.params_m"), _mean_of(group, "efficiency.gflops"))
+             for key, group in by_method.items()]
+    dense = next((ln for ln in lines if ln.key == (REFERENCE_METHOD, "")), None)
+    for ln in lines:
+        if dense is not None:
+            ln.shrinks = shrinks(ln.params, ln.gflops, dense.params, dense.gflops)
+            ln.kept = {"score": _pct(ln.mean, dense.mean), "params": _pct(ln.params, dense.params),
+                       "gflops": _pct(ln.gflops, dense.gflops)}
+    for cost in ("params", "gflops"):
+        scored = [ln for ln in lines if ln.mean is not None and getattr(ln, cost) is not None]
+        flags = pareto_optimal([(ln.mean, getattr(ln, cost)) for ln in scored], sign > 0)
+        for ln, flag in zip(scored, flags):
+            ln.pareto[cost] = flag
+
+    def by_score(ln: Line) -> float:
+        return -sign * ln.mean if ln.mean is not None else float("inf")
+
+    ranked = sorted((ln for ln in lines if dense is None or ln.shrinks), key=by_score)
+    for rank, ln in enumerate(ranked, 1):
+        ln.rank = rank
+    return ranked + sorted((ln for ln in lines if ln.rank is None), key=by_score)
+
+
+def _pareto_cell(line: Line) -> str:
+    on = [name for cost, name in (("params", "params"), ("gflops", "GFLOPs")) if line.pareto.get(cost)]
+    return ", ".join(on) if on else "-"
+
+
+def _section(rows: list[dict[str, Any]], primary: str, current_code: dict[str, Any] | None = None) -> list[str]:
+    """The compression methods ranked in one table, then the models that do not shrink in a second,
+    unranked one: a line per method (and options), its seeds' rows averaged; the primary metric as
+    mean +- std with n, the share of the uncompressed model's score and costs it keeps, the costs on
+    whose Pareto front it sits, and its difference from the reference method, marked where it is
+    beyond noise."""
+    sign = 1 if rows[0].get("higher_is_better", True) else -1
     # A method's own flags (PELA: which loss terms are on), as it declares them in `table_fields`.
     flags = list(dict.fromkeys(k for r in rows for k in (r.get("ablation") or {})))
     flag_columns = [(f"ablation.{k}", f"L_{k}", "{}") for k in flags]
@@ -136,28 +204,37 @@ def _section(rows: list[dict[str, Any]], primary: str, current_code: dict[str, A
               "efficiency.peak_mem_mb", "pretrain_seconds", *(c[0] for c in task_columns if c[0].startswith("metrics."))}
     cols = [c for c in candidates if c[0] in always or any(_get(r, c[0]) not in (None, "", {}, 0, 0.0) for r in rows)]
     primary_path = f"metrics.{primary}"
-
-    def scores(group: list[dict[str, Any]]) -> list[float]:
-        return [v for v in (_get(r, primary_path) for r in group) if v is not None]
-
+    lines = section_lines(rows)
     ref = reference_method(rows)
-    ref_scores = scores(by_method[(ref, "")]) if ref else None
-    ranked = sorted(by_method.items(), key=lambda kv: -sign * summarize(scores(kv[1]) or [-sign * float("inf")]).mean)
-    header = "| rank | " + " | ".join(h for _, h, _ in cols) + f" | n | vs {ref or '-'} |"
-    lines = [header, "|" + "---|" * (len(cols) + 3)]
-    for rank, (key, group) in enumerate(ranked, 1):
-        mean = _mean_row(group, [c[0] for c in cols])
+    ref_line = next((ln for ln in lines if ln.key == (ref, "")), None)
+    has_dense = any(ln.key == (REFERENCE_METHOD, "") for ln in lines)
+    kept_headers = ["score kept %", "params kept %", "GFLOPs kept %"] if has_dense else []
+    header = ("| rank | " + " | ".join(h for _, h, _ in cols) + " | " + "".join(h + " | " for h in kept_headers)
+              + f"Pareto | n | vs {ref or '-'} |")
+    rule = "|" + "---|" * (len(cols) + len(kept_headers) + 4)
+
+    def table_line(ln: Line) -> str:
+        mean = _mean_row(ln.rows, [c[0] for c in cols])
         cells = []
         for path, _, fmt in cols:
             cell = _fmt(_get(mean, path), fmt)
-            if path == primary_path and len(group) > 1 and scores(group):
-                cell += f" ± {_fmt(summarize(scores(group)).std, fmt)}"
+            if path == primary_path and len(ln.rows) > 1 and ln.scores:
+                cell += f" ± {_fmt(summarize(ln.scores).std, fmt)}"
             cells.append(cell)
-        if any(_stale(r, current_code) for r in group):
+        if any(_stale(r, current_code) for r in ln.rows):
             cells[0] += f" {STALE_MARK}"
-        vs = "ref" if key == (ref, "") else _delta_cell(scores(group), ref_scores, sign)
-        lines.append(f"| {rank} | " + " | ".join(cells) + f" | {len(group)} | {vs} |")
-    return lines
+        if has_dense:
+            cells += [_fmt(ln.kept.get(k), "{:.1f}") for k in ("score", "params", "gflops")]
+        vs = "ref" if ln is ref_line else _delta_cell(ln.scores, ref_line.scores if ref_line else None, sign)
+        rank = str(ln.rank) if ln.rank is not None else "-"
+        return f"| {rank} | " + " | ".join(cells) + f" | {_pareto_cell(ln)} | {len(ln.rows)} | {vs} |"
+
+    out = [header, rule, *(table_line(ln) for ln in lines if ln.rank is not None)]
+    rest = [ln for ln in lines if ln.rank is None]
+    if rest:
+        out += ["", "**Not compressed** (not ranked): the uncompressed model, and lines that do not cut its "
+                "parameters or GFLOPs or that grow either:", "", header, rule, *(table_line(ln) for ln in rest)]
+    return out
 
 
 def _seed_label(seeds: list[int]) -> str:
@@ -174,7 +251,14 @@ def render_markdown(rows: list[dict[str, Any]], current_code: dict[str, Any] | N
             f"uncompressed model); {BETTER} / {WORSE} mark a difference beyond the noise of the seeds (Welch's "
             f"two-sided t-test, p < {ALPHA}; n >= 2 on both sides), and an unmarked difference is not a finding. "
             "Every seed shares one teacher and one data set (its teacher seed); with n = 1 nothing is tested, "
-            "and a fresh machine has moved single-seed rows by up to a point at the smoke budget.", ""]
+            "and a fresh machine has moved single-seed rows by up to a point at the smoke budget.", "",
+            "Compression methods are ranked; a line is one when its model is smaller than the uncompressed "
+            "one: fewer parameters or fewer GFLOPs, and more of neither (ToMe keeps the parameters and cuts "
+            "GFLOPs, so it ranks). The uncompressed model itself and every line that keeps or grows both, or "
+            "grows either (LoRA's adapters on the frozen weights), sit in a separate table below, unranked. "
+            "`kept %`: the line's mean score, parameters and GFLOPs as a share of the uncompressed model's. "
+            "`Pareto`: the costs against which the line is Pareto-optimal among all lines of its section "
+            "(no other line scores at least as well at no higher cost, better on one of the two).", ""]
     if any(_stale(r, current_code) for r in rows):
         out += [f"{STALE_MARK} produced by another code version than this checkout's "
                 f"({code_label(current_code)}); delete the row's folder under `<out>/rows/` and run the suite "
@@ -185,9 +269,7 @@ def render_markdown(rows: list[dict[str, Any]], current_code: dict[str, Any] | N
             continue
         title = "Real data" if provenance == "real" else "Synthetic data (the embedded world; not comparable with real-data rows)"
         out += [f"## {title}", ""]
-        groups: dict[tuple, list] = {}
-        for r in prov_rows:
-            groups.setdefault((r["task"], r["backbone"], r.get("budget"), teacher_seed(r)), []).append(r)
+        groups = {key[1:]: group for key, group in _sections(prov_rows).items()}
         for (task, backbone, budget, t_seed), group in sorted(groups.items(), key=lambda kv: str(kv[0])):
             primary = group[0].get("primary_metric", "top1")
             eff = group[0].get("efficiency", {})
@@ -209,8 +291,34 @@ def render_markdown(rows: list[dict[str, Any]], current_code: dict[str, Any] | N
     return "\n".join(out)
 
 
+def _sections(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """Rows by leaderboard section: those ranked against each other."""
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r.get("provenance"), r["task"], r["backbone"], r.get("budget"), teacher_seed(r)),
+                          []).append(r)
+    return groups
+
+
+def _line_fields(line: Line) -> dict[str, Any]:
+    block = "unclassified" if line.shrinks is None else ("compression" if line.shrinks else "not_compressed")
+    return {"leaderboard.block": block, "leaderboard.rank": line.rank,
+            "leaderboard.score_pct_dense": line.kept.get("score"),
+            "leaderboard.params_pct_dense": line.kept.get("params"),
+            "leaderboard.gflops_pct_dense": line.kept.get("gflops"),
+            "leaderboard.pareto_params": line.pareto.get("params"),
+            "leaderboard.pareto_gflops": line.pareto.get("gflops")}
+
+
 def render_csv(rows: list[dict[str, Any]]) -> str:
-    flat = [flatten(r) for r in rows]
+    """One line per stored row, flattened, with its leaderboard line's standing (`leaderboard.*`:
+    block, rank among the compression methods, % of dense, Pareto flags; the same for every seed)."""
+    standing: dict[int, dict[str, Any]] = {}
+    for group in _sections(rows).values():
+        for line in section_lines(group):
+            for r in line.rows:
+                standing[id(r)] = _line_fields(line)
+    flat = [{**flatten(r), **standing.get(id(r), {})} for r in rows]
     columns = sorted({k for f in flat for k in f})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")

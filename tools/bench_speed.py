@@ -22,25 +22,12 @@ from benchmark.efficiency import measure_all
 from common.errors import PelaBenchError
 from common.io import atomic_write_text
 from methods import create_method
+from reports.paper import TABLE1
 
-# The paper's Table 1 (params M, GFLOPs); `svd` is PELA's architecture. Its dense DeiT
-# figures leave out the fused attention FLOPs (DeiT-B: 33.7 vs the full 35.1); its PELA
-# GFLOPs count linear layers only. Table 1 has no LoRA or PC-LoRA row.
-PAPER = {
-    ("deit_base", "dense"): (86.6, 33.7),
-    ("deit_base", "svd"): (44.1, 17.0),
-    ("deit_base", "tinybert"): (44.2, 17.3),
-    ("deit_base", "maskalign"): (44.2, 17.3),
-    ("deit_base", "tome"): (86.6, 16.5),
-    ("swin_base", "dense"): (87.8, 30.3),
-    ("swin_base", "svd"): (62.2, 21.3),
-    ("swin_base", "tinybert"): (58.6, 20.6),
-    ("swin_base", "maskalign"): (58.6, 20.6),
-    ("deit3_large", "dense"): (304.4, 119.4),
-    ("deit3_large", "svd"): (153.2, 59.8),
-    ("deit3_large", "tinybert"): (156.8, 61.5),
-    ("deit3_large", "maskalign"): (156.8, 61.5),
-}
+# The paper's Table 1 (params M, GFLOPs), keyed by the method measured here: `svd` is PELA's
+# architecture, so it takes PELA's row. How the paper counts FLOPs: reports/paper.py.
+PAPER = {(backbone, "svd" if method == "pela" else method): (f["params_m"], f["gflops"])
+         for (backbone, method), f in TABLE1.rows.items()}
 
 COLUMNS = ["backbone", "method", "params_m", "paper_params_m", "gflops", "paper_gflops", "gmacs",
            "latency_ms_per_img", "latency_batch", "latency_threads", "peak_mem_mb", "build_s", "device"]

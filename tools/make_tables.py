@@ -1,24 +1,33 @@
-"""Rewrite `results/leaderboard.{md,csv}` from the results store, without running anything.
+"""Rebuild every report from the results store, without training anything: the leaderboard
+(`leaderboard.{md,csv,png}`), the paper's Tables 1-9 beside ours (`tables/`), and the figures
+(`figures/`). Prints each path it wrote.
 
-    python tools/make_tables.py --results results
+    python tools/make_tables.py --results results [--latex]
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from _cli import run_main
 
-from benchmark.store import ResultStore
 from benchmark.tables import write_leaderboard
+from reports.figures import write_figures
+from reports.paper_tables import write_tables
+from reports.rows import load_rows
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", default="results")
-    a = p.parse_args()
-    rows = ResultStore(f"{a.results}/results.jsonl").rows()
-    for path in write_leaderboard(rows, a.results):
+    p.add_argument("--results", default="results", help="folder holding results.jsonl (default: %(default)s)")
+    p.add_argument("--latex", action="store_true", help="also write each paper table as LaTeX (tables/*.tex)")
+    a = p.parse_args(argv)
+    rows = load_rows(Path(a.results) / "results.jsonl")  # a missing, empty or malformed store stops here
+    written = write_leaderboard(rows, a.results)
+    written += write_tables(rows, a.results, latex=a.latex)
+    written += write_figures(rows, a.results)
+    for path in written:
         print(path)
     return 0
 

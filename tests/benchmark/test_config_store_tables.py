@@ -77,7 +77,11 @@ def test_hash_is_stable_and_sensitive():
 def _row(method, top1, prov="synthetic", options="", seed=0, **extra):
     return {"backbone": "deit_micro", "method": method, "options": options, "task": "cls", "seed": seed,
             "teacher_seed": 0, "provenance": prov, "budget": "smoke", "config_hash": "h" + method, "metrics": {"top1": top1, "top5": 99.0},
-            "primary_metric": "top1", "efficiency": {"params_m": 1.0, "gflops": 0.1}, **extra}
+            "primary_metric": "top1", "efficiency": _SIZES.get(method, {"params_m": 0.5, "gflops": 0.05}), **extra}
+
+
+# The uncompressed model and LoRA (which grows it) sit apart from the ranked compression methods.
+_SIZES = {"dense": {"params_m": 1.0, "gflops": 0.1}, "lora": {"params_m": 1.2, "gflops": 0.12}}
 
 
 def test_store_replaces_rows_never_duplicates(tmp_path):
@@ -162,12 +166,15 @@ def test_leaderboard_takes_each_rows_columns_and_direction():
     md = render_markdown(rows)
     header = next(ln for ln in md.splitlines() if ln.startswith("| rank"))
     assert "mIoU (%)" in header and "train batch" in header and "top-1" not in header
-    assert md.index("| 1 | pela") < md.index("| 2 | dense") and "| 4 |" in md
+    assert md.index("| 1 | pela") < md.index("| - | dense") and "| 4 |" in md
     # A metric where lower is better ranks the other way round.
+    rows.append({**rows[1], "method": "svd", "metrics": {"mIoU": 35.0}})
+    md = render_markdown(rows)
+    assert md.index("| 1 | pela") < md.index("| 2 | svd")
     for r in rows:
         r["higher_is_better"] = False
     md = render_markdown(rows)
-    assert md.index("| 1 | dense") < md.index("| 2 | pela")
+    assert md.index("| 1 | svd") < md.index("| 2 | pela")
     # Methods with options show them.
     assert "| options |" not in md
     rows[1]["options"] = "alpha=0.5"
@@ -255,8 +262,9 @@ def test_leaderboard_averages_seeds_and_marks_only_differences_beyond_their_nois
     assert line["svd_ft"][-1] == "-0.33"  # within it: no mark
     assert line["dense"][2] == "85.00 ± 0.00" and line["dense"][-1] == "+4.00\u25b2"
     assert line["lora"][2] == "90.00" and line["lora"][-2:] == ["1", "+9.00"]
-    assert [cells[1] for cells in sorted(line.values(), key=lambda c: int(c[0]))] == \
-        ["lora", "dense", "pela", "svd_ft", "svd"]  # ranked by the mean
+    ranked = [cells for cells in line.values() if cells[0] != "-"]
+    assert [cells[1] for cells in sorted(ranked, key=lambda c: int(c[0]))] == ["pela", "svd_ft", "svd"]  # by mean
+    assert line["dense"][0] == line["lora"][0] == "-"  # not compressed: apart, unranked
     # Lower is better: a lower mean ranks first, and "better" still means better.
     for r in rows:
         r["higher_is_better"] = False

@@ -146,8 +146,11 @@ def test_list_with_an_imported_plugin_and_make_tables(tmp_path):
     assert "cls, det, grounding, retrieval, seg, ve, vlp, vqa, zeroshot" in r.stdout
     r = run_tool("run_suite.py", "--list")
     assert r.returncode == 0 and "plugin_identity" not in r.stdout
+    # Nothing to rebuild from: one line naming the store, and nothing written.
     r = run_tool("make_tables.py", "--results", str(tmp_path))
-    assert r.returncode == 0 and (tmp_path / "leaderboard.md").is_file()
+    lines = error_lines(r.stderr)
+    assert r.returncode == 2 and len(lines) == 1 and f"{tmp_path / 'results.jsonl'}: no results store" in lines[0]
+    assert not (tmp_path / "leaderboard.md").exists()
 
 
 def test_corrupt_training_image_is_named_in_one_line(tmp_path):
