@@ -12,7 +12,11 @@ from typing import Any
 
 _REPO = Path(__file__).resolve().parent.parent
 # What decides a row's numbers; `results/` (which every run rewrites) does not make the code dirty.
+# Code that only formats the store (tables, figures; `reports/` is outside `_SOURCE` already) is left
+# out, so rewriting a table does not make the rows it reads look stale.
+_REPORTING = ("benchmark/tables.py", "benchmark/stats.py", "benchmark/tradeoff.py", "tools/make_tables.py")
 _SOURCE = ("backbones", "benchmark", "common", "methods", "tasks", "tools", "pyproject.toml")
+_EXCLUDE = tuple(f":(exclude){path}" for path in _REPORTING)
 
 
 @functools.lru_cache(maxsize=1)
@@ -25,10 +29,12 @@ def code_version() -> dict[str, Any]:
     try:
         if Path(git("rev-parse", "--show-toplevel")).resolve() != _REPO:
             raise OSError("installed inside another repository")
-        status = git("status", "--porcelain", "--untracked-files=no", "--", *_SOURCE)
-        # The source as it is (committed trees plus any uncommitted diff): a commit that only adds
+        status = git("status", "--porcelain", "--untracked-files=no", "--", *_SOURCE, *_EXCLUDE)
+        # The source as it is (committed files plus any uncommitted diff): a commit that only adds
         # results, or touches README or tests, keeps it, so published rows do not look stale.
-        source = git("ls-tree", "HEAD", "--", *_SOURCE) + git("diff", "HEAD", "--", *_SOURCE)
+        files = [line for line in git("ls-tree", "-r", "HEAD", "--", *_SOURCE).splitlines()
+                 if line.split("\t", 1)[-1] not in _REPORTING]
+        source = "\n".join(files) + git("diff", "HEAD", "--", *_SOURCE, *_EXCLUDE)
         return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status),
                 "source": hashlib.sha1(source.encode()).hexdigest()[:12]}
     except (OSError, subprocess.SubprocessError):

@@ -41,7 +41,8 @@ STALE_MARK = "\u2020"  # dagger: the row was produced by another code version th
 BETTER, WORSE = "\u25b2", "\u25bc"  # beyond the seeds' noise, better / worse than the reference
 
 
-def _get(row: dict[str, Any], path: str) -> Any:
+def get(row: dict[str, Any], path: str) -> Any:
+    """The value at a dotted path of a row (``efficiency.params_m``); None where it is absent."""
     cur: Any = row
     for part in path.split("."):
         if not isinstance(cur, dict) or part not in cur:
@@ -103,7 +104,7 @@ def _mean_row(rows: list[dict[str, Any]], paths: list[str]) -> dict[str, Any]:
     """The first seed's row with each numeric value at `paths` replaced by its mean over `rows`."""
     out = copy.deepcopy(rows[0])
     for path in paths:
-        values = [_get(r, path) for r in rows]
+        values = [get(r, path) for r in rows]
         numeric = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if numeric and len(numeric) == len(values) and len(set(numeric)) > 1:  # equal values stay as they are
             cur = out
@@ -142,7 +143,7 @@ class Line:
 
 
 def _mean_of(rows: list[dict[str, Any]], path: str) -> float | None:
-    values = [v for v in (_get(r, path) for r in rows) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    values = [v for v in (get(r, path) for r in rows) if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return sum(values) / len(values) if values else None
 
 
@@ -159,7 +160,7 @@ def section_lines(rows: list[dict[str, Any]]) -> list[Line]:
     by_method: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in sorted(rows, key=lambda r: r["seed"]):
         by_method.setdefault(_method_key(r), []).append(r)
-    lines = [Line(key, group, [v for v in (_get(r, f"metrics.{primary}") for r in group) if v is not None],
+    lines = [Line(key, group, [v for v in (get(r, f"metrics.{primary}") for r in group) if v is not None],
                   _mean_of(group, "efficiency.params_m"), _mean_of(group, "efficiency.gflops"))
              for key, group in by_method.items()]
     dense = next((ln for ln in lines if ln.key == (REFERENCE_METHOD, "")), None)
@@ -202,7 +203,7 @@ def _section(rows: list[dict[str, Any]], primary: str, current_code: dict[str, A
     candidates = LEAD_COLUMNS + flag_columns + task_columns + EFFICIENCY_COLUMNS
     always = {"method", "efficiency.params_m", "efficiency.gflops", "efficiency.latency_ms_per_img",
               "efficiency.peak_mem_mb", "pretrain_seconds", *(c[0] for c in task_columns if c[0].startswith("metrics."))}
-    cols = [c for c in candidates if c[0] in always or any(_get(r, c[0]) not in (None, "", {}, 0, 0.0) for r in rows)]
+    cols = [c for c in candidates if c[0] in always or any(get(r, c[0]) not in (None, "", {}, 0, 0.0) for r in rows)]
     primary_path = f"metrics.{primary}"
     lines = section_lines(rows)
     ref = reference_method(rows)
@@ -217,7 +218,7 @@ def _section(rows: list[dict[str, Any]], primary: str, current_code: dict[str, A
         mean = _mean_row(ln.rows, [c[0] for c in cols])
         cells = []
         for path, _, fmt in cols:
-            cell = _fmt(_get(mean, path), fmt)
+            cell = _fmt(get(mean, path), fmt)
             if path == primary_path and len(ln.rows) > 1 and ln.scores:
                 cell += f" ± {_fmt(summarize(ln.scores).std, fmt)}"
             cells.append(cell)
@@ -333,7 +334,7 @@ def render_plot(rows: list[dict[str, Any]]) -> bytes | None:
     a point per method at its mean over seeds, with a bar of +- one standard deviation."""
     groups: dict[tuple, list] = {}
     for r in rows:
-        if _get(r, "efficiency.params_m") is not None and r.get("metrics"):
+        if get(r, "efficiency.params_m") is not None and r.get("metrics"):
             groups.setdefault((r["task"], r["backbone"], r["provenance"], r.get("budget")), []).append(r)
     if not groups:
         return None

@@ -3,14 +3,14 @@ model, and one run's rows (a backbone, task, data, budget and teacher seed) summ
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from benchmark.provenance import same_code
 from benchmark.stats import Summary, summarize
-from benchmark.store import teacher_seed
+from benchmark.store import ResultStore, teacher_seed
+from benchmark.tables import get
 from common.errors import PelaBenchError
 
 # What a report reads from every row; other fields are optional and shown as "-" when absent.
@@ -41,34 +41,18 @@ def load_rows(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise PelaBenchError(f"{path}: no results store there (run tools/run_suite.py --results "
                              f"{path.parent} first)")
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PelaBenchError(f"{path}:{n} is not valid JSON ({exc.msg})") from None
+    rows = ResultStore(path).rows()  # names the line that is not JSON
+    for n, row in enumerate(rows, 1):
         if not isinstance(row, dict):
-            raise PelaBenchError(f"{path}:{n} is not a JSON object")
+            raise PelaBenchError(f"{path}: row {n} is not a JSON object")
         missing = [k for k in REQUIRED_FIELDS if k not in row]
         if missing:
-            raise PelaBenchError(f"{path}:{n}: row lacks {', '.join(missing)}")
+            raise PelaBenchError(f"{path}: row {n} lacks {', '.join(missing)}")
         if not isinstance(row["metrics"], dict):
-            raise PelaBenchError(f"{path}:{n}: 'metrics' is not an object")
-        rows.append(row)
+            raise PelaBenchError(f"{path}: row {n}: 'metrics' is not an object")
     if not rows:
         raise PelaBenchError(f"{path}: the results store is empty")
     return rows
-
-
-def get(row: dict[str, Any], path: str) -> Any:
-    cur: Any = row
-    for part in path.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return None
-        cur = cur[part]
-    return cur
 
 
 def number(value: Any) -> float | None:

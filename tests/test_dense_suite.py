@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(tmp_path, *args):
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "run_suite.py"), "--quiet", *args,
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "run_suite.py"), "--quiet", "--seed", "0", *args,
                         "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results")],
                        capture_output=True, text=True, timeout=3600)
     assert r.returncode == 0, r.stderr[-3000:]

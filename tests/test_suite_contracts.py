@@ -17,7 +17,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITE = [sys.executable, str(ROOT / "tools" / "run_suite.py"), "--quiet", "--budget", "tiny"]
+SUITE = [sys.executable, str(ROOT / "tools" / "run_suite.py"), "--quiet", "--budget", "tiny", "--seed", "0"]
 
 
 def _rows(results: Path) -> list[dict]:
@@ -69,7 +69,7 @@ def test_a_killed_teacher_resumes_from_its_checkpoint(tmp_path, monkeypatch, cap
     from benchmark.config import SuiteConfig
 
     def config(out: Path) -> SuiteConfig:
-        return SuiteConfig(methods=("dense",), out=str(out), results=str(out / "results"), budget="tiny",
+        return SuiteConfig(seeds=(0,), methods=("dense",), out=str(out), results=str(out / "results"), budget="tiny",
                            checkpoint_steps=2, device="cpu")
 
     reference = runner_module.SuiteRunner(config(tmp_path / "ref"), progress=False)

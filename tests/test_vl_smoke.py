@@ -45,7 +45,7 @@ def _random_proposal(root: Path) -> float:
 
 
 def test_albef_tiny_separates_dense_from_plain_svd_on_every_vl_task(tmp_path):
-    cfg = SuiteConfig(backbone="albef_tiny", tasks=("retrieval", "vqa", "ve", "grounding"), methods=("dense", "svd"),
+    cfg = SuiteConfig(seeds=(0,), backbone="albef_tiny", tasks=("retrieval", "vqa", "ve", "grounding"), methods=("dense", "svd"),
                       out=str(tmp_path / "runs"), results=str(tmp_path / "results"), budget="smoke")
     rows = {(r["method"], r["task"]): r for r in SuiteRunner(cfg, progress=False).run()}
 

@@ -34,7 +34,7 @@ def small_worlds(monkeypatch, single_thread):
 
 
 def test_albef_rows_for_pela_and_baselines_then_resume(tmp_path, monkeypatch):
-    cfg = SuiteConfig(backbone="albef_tiny", tasks=("retrieval",), methods=("dense", "svd", "pela", "pela_no_fd"),
+    cfg = SuiteConfig(seeds=(0,), backbone="albef_tiny", tasks=("retrieval",), methods=("dense", "svd", "pela", "pela_no_fd"),
                       out=str(tmp_path / "runs"), results=str(tmp_path / "results"), budget="tiny",
                       checkpoint_steps=1)
     rows = {r["method"]: r for r in SuiteRunner(cfg, budget=TINY, progress=False).run()}
@@ -63,7 +63,7 @@ def test_albef_rows_for_pela_and_baselines_then_resume(tmp_path, monkeypatch):
 
 
 def test_albef_rows_on_every_vl_task_with_baselines(tmp_path):
-    cfg = SuiteConfig(backbone="albef_tiny", tasks=("vqa", "ve", "grounding"), methods=("dense", "svd", "lora", "tome"),
+    cfg = SuiteConfig(seeds=(0,), backbone="albef_tiny", tasks=("vqa", "ve", "grounding"), methods=("dense", "svd", "lora", "tome"),
                       out=str(tmp_path / "runs"), results=str(tmp_path / "results"), budget="tiny")
     rows = SuiteRunner(cfg, budget=TINY, progress=False).run()
     got = {(r["method"], r["task"]): r for r in rows}
@@ -85,7 +85,7 @@ def test_albef_rows_on_every_vl_task_with_baselines(tmp_path):
 
 
 def test_clip_retrieval_rows(tmp_path):
-    cfg = SuiteConfig(backbone="clip_tiny", tasks=("retrieval",), methods=("dense", "svd", "pela", "lora"),
+    cfg = SuiteConfig(seeds=(0,), backbone="clip_tiny", tasks=("retrieval",), methods=("dense", "svd", "pela", "lora"),
                       out=str(tmp_path / "runs"), results=str(tmp_path / "results"), budget="tiny")
     rows = {r["method"]: r for r in SuiteRunner(cfg, budget=TINY, progress=False).run()}
     assert set(rows) == {"dense", "svd", "pela", "lora"}
@@ -97,7 +97,7 @@ def test_clip_retrieval_rows(tmp_path):
 
 
 def test_vision_only_backbone_refuses_vl_tasks_before_any_work(tmp_path):
-    cfg = SuiteConfig(backbone="deit_micro", tasks=("retrieval",), methods=("dense",), out=str(tmp_path / "runs"),
+    cfg = SuiteConfig(seeds=(0,), backbone="deit_micro", tasks=("retrieval",), methods=("dense",), out=str(tmp_path / "runs"),
                       results=str(tmp_path / "results"), budget="tiny")
     with pytest.raises(PelaBenchError, match="needs a vision-language backbone"):
         SuiteRunner(cfg, budget=TINY, progress=False)
@@ -127,7 +127,7 @@ def test_scale_batch_on_vl_tasks_measures_each_objective_and_adds_larger_batch_r
         return {"peak_bytes": 16 * count_params(student) + 100_000 * batch, "method": "modelled"}
 
     monkeypatch.setattr(scaling_mod.BatchScaling, "peak", modelled_peak)
-    cfg = SuiteConfig(backbone="albef_tiny", tasks=("retrieval", "vqa"), methods=("dense", "svd"),
+    cfg = SuiteConfig(seeds=(0,), backbone="albef_tiny", tasks=("retrieval", "vqa"), methods=("dense", "svd"),
                       out=str(tmp_path / "runs"), results=str(tmp_path / "results"), budget="tiny", scale_batch=True)
     rows = SuiteRunner(cfg, budget=TINY, progress=False).run()
     got = {(r["method"], r["task"]): r["finetune"] for r in rows}

@@ -1,5 +1,7 @@
 import json
 import multiprocessing
+import os
+import sys
 
 import pytest
 
@@ -238,6 +240,31 @@ def test_code_version_hashes_the_source_and_ignores_results(tmp_path):
     if "commit" not in v:
         pytest.skip("not a git checkout")
     assert len(v["source"]) == 12 and "results" not in _SOURCE and "README.md" not in _SOURCE
+
+
+def test_code_that_only_formats_the_store_leaves_the_source_hash_alone(tmp_path):
+    """A copy of the repository: editing the leaderboard code keeps the hash; editing a task moves it."""
+    import shutil
+    import subprocess
+
+    import benchmark.provenance as provenance
+
+    if "commit" not in code_version():
+        pytest.skip("not a git checkout")
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "clone", "-q", str(provenance._REPO), str(repo)], check=True)
+
+    def source_after(edit: str) -> str:
+        (repo / edit).write_text((repo / edit).read_text() + "\n# edited\n")
+        out = subprocess.run([sys.executable, "-c", "from benchmark.provenance import code_version as v; "
+                              "print(v()['source'])"], cwd=repo, capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONPATH": str(repo)})
+        return out.stdout.strip()
+
+    before = source_after("README.md")
+    assert source_after("benchmark/tables.py") == before and source_after("tools/make_tables.py") == before
+    assert source_after("tasks/classification.py") != before
+    shutil.rmtree(repo)
 
 
 def _table_lines(md: str) -> dict[str, list[str]]:

@@ -149,3 +149,22 @@ def test_count_params_counts_shared_weights_once():
     lin = nn.Linear(4, 4)
     tied = nn.Sequential(lin, lin)
     assert count_params(tied) == count_params(lin) == 20
+
+
+def test_train_step_times_a_whole_step_and_counts_weights_moments_and_activations():
+    from benchmark.efficiency import measure_train_step
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 4))
+    x, y = torch.randn(16, 32), torch.randint(0, 4, (16,))
+    before = [p.detach().clone() for p in model.parameters()]
+    cost = measure_train_step(model, lambda m: nn.functional.cross_entropy(m(x), y), batch_size=16, repeats=3)
+    assert cost["train_step_ms"] > 0 and cost["train_ms_per_img"] == pytest.approx(cost["train_step_ms"] / 16)
+    assert cost["train_batch"] == 16 and cost["train_step_repeats"] == 3
+    assert cost["train_mem_method"] == "dispatch_tracking"
+    weights = sum(p.numel() for p in model.parameters()) * 4
+    # weights + AdamW's two moments, plus at least the gradients and the hidden activation
+    assert cost["train_peak_mb"] * 2**20 >= 3 * weights + weights + 16 * 256 * 4
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the optimiser stepped
+    with pytest.raises(PelaBenchError, match="repeats"):
+        measure_train_step(model, lambda m: m(x).sum(), batch_size=16, repeats=0)

@@ -49,7 +49,7 @@ def small_worlds(monkeypatch, single_thread):
 
 @pytest.fixture
 def cfg(tmp_path):
-    return SuiteConfig(methods=("dense", "svd", "pela"), out=str(tmp_path / "runs"),
+    return SuiteConfig(seeds=(0,), methods=("dense", "svd", "pela"), out=str(tmp_path / "runs"),
                        results=str(tmp_path / "results"), budget="tiny")
 
 
@@ -183,7 +183,7 @@ def test_changed_option_reruns_only_that_method(cfg, monkeypatch):
 
 def test_a_row_does_not_depend_on_which_other_methods_ran(tmp_path, monkeypatch):
     def lora_row(methods, sub):
-        cfg = SuiteConfig(methods=methods, out=str(tmp_path / "runs"), results=str(tmp_path / sub), budget="tiny")
+        cfg = SuiteConfig(seeds=(0,), methods=methods, out=str(tmp_path / "runs"), results=str(tmp_path / sub), budget="tiny")
         return [r for r in SuiteRunner(cfg, budget=TINY, progress=False).run() if r["method"] == "lora"][0]
 
     alone = lora_row(("lora",), "a")
@@ -201,7 +201,7 @@ def test_dense_rows_with_table9_batch_scaling_then_resume(tmp_path, monkeypatch)
     """seg rows for dense and PELA, then PELA+ (larger batch within the dense model's training memory)."""
     from tasks.segmentation import SegmentationTask
 
-    cfg = SuiteConfig(methods=("pela", "dense", "tome", "lora"), tasks=("seg",), scale_batch=False,
+    cfg = SuiteConfig(seeds=(0,), methods=("pela", "dense", "tome", "lora"), tasks=("seg",), scale_batch=False,
                       out=str(tmp_path / "runs"), results=str(tmp_path / "results"), budget="tiny")
     first = {r["method"]: r for r in SuiteRunner(cfg, budget=TINY, progress=False).run()}
     assert set(first) == {"dense", "pela", "lora"}  # ToMe does not apply to dense tasks
@@ -282,7 +282,7 @@ def test_real_task_data_after_synthetic_pretraining_is_a_synthetic_row_and_resum
 
     ade = write_segmentation(tmp_path / "ade", n_train=4, n_val=2, world=dense_world(64), progress=False)
     (ade / MARKER_FILE).unlink()  # now read as real ADE20K (mmseg's class list)
-    cfg = SuiteConfig(methods=("dense",), tasks=("seg",), data={"seg": str(ade)}, out=str(tmp_path / "runs"),
+    cfg = SuiteConfig(seeds=(0,), methods=("dense",), tasks=("seg",), data={"seg": str(ade)}, out=str(tmp_path / "runs"),
                       results=str(tmp_path / "results"), budget="tiny")
     (row,) = SuiteRunner(cfg, budget=TINY, progress=False).run()
     assert row["provenance"] == "synthetic"  # the teacher learnt on the synthetic world
@@ -310,7 +310,7 @@ def test_bad_dense_data_stops_the_run_before_the_teacher_trains(tmp_path, monkey
         raise AssertionError("the teacher trained before the data was checked")
 
     monkeypatch.setattr(runner_mod, "train", no_training)
-    cfg = SuiteConfig(methods=("dense",), tasks=("seg",), data={"seg": str(ade)}, out=str(tmp_path / "runs"),
+    cfg = SuiteConfig(seeds=(0,), methods=("dense",), tasks=("seg",), data={"seg": str(ade)}, out=str(tmp_path / "runs"),
                       results=str(tmp_path / "results"), budget="tiny")
     with pytest.raises(PelaBenchError, match=victim.name):
         SuiteRunner(cfg, budget=TINY, progress=False).run()
@@ -329,7 +329,7 @@ def test_check_data_reads_every_image_before_the_teacher_trains(tmp_path, monkey
         raise AssertionError("the teacher trained before the data was checked")
 
     monkeypatch.setattr(runner_mod, "train", no_training)
-    cfg = SuiteConfig(methods=("dense",), data={"cls": str(data)}, check_data=True, out=str(tmp_path / "runs"),
+    cfg = SuiteConfig(seeds=(0,), methods=("dense",), data={"cls": str(data)}, check_data=True, out=str(tmp_path / "runs"),
                       results=str(tmp_path / "results"), budget="tiny")
     with pytest.raises(PelaBenchError, match=f"cannot read image .*{victim.name}"):
         SuiteRunner(cfg, budget=TINY, progress=False).run()
@@ -355,3 +355,23 @@ def test_several_seeds_share_one_teacher_and_give_one_row_per_seed(cfg, monkeypa
     calls.clear()
     SuiteRunner(cfg.with_(seeds=(0, 1, 2)), budget=TINY, progress=False).run()
     assert calls == ["svd_ft"]
+
+
+def test_a_ratio_sweep_keeps_each_ratio_as_its_own_row_beside_the_preset(cfg):
+    cfg = cfg.with_(methods=("dense", "svd", "svd_ft"))
+    preset = SuiteRunner(cfg, budget=TINY, progress=False).run()
+    swept = SuiteRunner(cfg.with_(ratios=(2.0, 5.0)), budget=TINY, progress=False).run()
+    # dense has no ratio: one row however many ratios; each factorising method one row per ratio
+    assert [(r["method"], r["options"], r["ratio"]) for r in swept] == [
+        ("dense", "", None), ("svd", "ratio=2.0", 2.0), ("svd", "ratio=5.0", 5.0),
+        ("svd_ft", "ratio=2.0", 2.0), ("svd_ft", "ratio=5.0", 5.0)]
+    params = {(r["method"], r["ratio"]): r["efficiency"]["params_m"] for r in preset + swept}
+    assert params["svd", 5.0] < params["svd", 3.0] < params["svd", 2.0] < params["dense", None]
+    stored = ResultStore(Path(cfg.results) / "results.jsonl").rows()
+    assert len(stored) == 3 + 4  # the sweep sits beside the preset rows (deit_micro's ratio 3), replacing none
+    for row in stored:  # Table 8's step cost and Fig. 2's similarity, on every classification row
+        assert row["efficiency"]["train_step_ms"] > 0 and row["efficiency"]["train_batch"] == 16
+        sims = row["analysis"]["feature_similarity"]
+        assert len(sims["classes"]) == len(sims["within_class"]) == len(sims["to_dense"]) == 16
+    dense = next(r for r in stored if r["method"] == "dense")
+    assert dense["analysis"]["feature_similarity"]["to_dense"] == pytest.approx([1.0] * 16, abs=1e-5)

@@ -196,5 +196,5 @@ def test_load_rows_names_the_file_and_the_line(tmp_path, row, store):
     bad = row("pela", 1.0)
     del bad["metrics"]
     store(tmp_path / "results.jsonl", [row("dense", 1.0), bad])
-    with pytest.raises(PelaBenchError, match=r"results.jsonl:2: row lacks metrics"):
+    with pytest.raises(PelaBenchError, match=r"results.jsonl: row 2 lacks metrics"):
         load_rows(tmp_path / "results.jsonl")

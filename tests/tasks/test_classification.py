@@ -185,3 +185,37 @@ def test_schedules_per_budget():
 def test_unknown_tasks():
     with pytest.raises(PelaBenchError, match="unknown task"):
         create_task("dance")
+
+
+def test_feature_similarity_per_class_by_hand():
+    from tasks.classification import feature_similarity
+
+    s2 = 2 ** -0.5
+    # class 0: two images at 90 degrees; class 1: two identical images; class 2: one image
+    feats = torch.tensor([[1.0, 0.0], [0.0, 1.0], [s2, s2], [s2, s2], [1.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    ref = torch.tensor([[1.0, 0.0], [1.0, 0.0], [s2, s2], [0.0, 1.0], [-1.0, 0.0]])
+    out = feature_similarity((feats, labels), (ref, labels), ["a", "b", "c"])
+    assert out["classes"] == ["a", "b", "c"]
+    assert out["within_class"][0] == pytest.approx(0.0) and out["within_class"][1] == pytest.approx(1.0)
+    assert out["within_class"][2] is None  # one image: no pair
+    assert out["to_dense"] == pytest.approx([0.5, (1 + s2) / 2, -1.0])
+    narrow = (feats[:, :1], labels)  # another width: no per-image comparison
+    assert feature_similarity(narrow, (ref, labels), ["a", "b", "c"])["to_dense"] == [None, None, None]
+    with pytest.raises(PelaBenchError, match="different images"):
+        feature_similarity((feats, labels), (ref, labels.flip(0)), ["a", "b", "c"])
+
+
+def test_run_reports_feature_similarity_against_the_reference(root):
+    task = create_task("cls")
+    data = task.load(root, task.schedule("tiny"), 64)
+    torch.manual_seed(0)
+    teacher = create_backbone("deit_micro", num_classes=16).eval()
+    ctx = RunContext(torch.device("cpu"), 0, Path("/nonexistent"), workers=0, progress=False, reference=teacher)
+    same = task.run(teacher, data, task.schedule("tiny"), ctx).analysis["feature_similarity"]
+    assert same["to_dense"] == pytest.approx([1.0] * 16)  # the reference compared with itself
+    other = create_backbone("deit_micro", num_classes=16).eval()
+    sims = task.run(other, data, task.schedule("tiny"), ctx).analysis["feature_similarity"]
+    assert all(v < 0.999 for v in sims["to_dense"]) and len(sims["within_class"]) == 16
+    no_ref = RunContext(torch.device("cpu"), 0, Path("/nonexistent"), workers=0, progress=False)
+    assert task.run(other, data, task.schedule("tiny"), no_ref).analysis == {}
