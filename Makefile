@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: suite test test-all bench clean
+.PHONY: suite test test-all bench tables clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "" $(ARGS)
+
+tables: $(STAMP)
+	$(PY) tools/make_tables.py --results results $(ARGS)
 
 bench: $(STAMP)
 	$(PY) tools/bench_speed.py $(ARGS)

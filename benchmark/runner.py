@@ -93,7 +93,6 @@ class SuiteRunner:
         self.scaling = BatchScaling(self.device, cfg.seeds[0])
         self._data: dict[str, TaskData] = {}
         self._teacher: Backbone | None = None  # set by `run`; the reference of analyses that compare with it
-        self._step_costs: dict[str, dict[str, Any]] = {}  # Table 8, per method setting
 
     # -- stage 0: data -------------------------------------------------------------------
     def data(self, task: Task) -> TaskData:
@@ -379,19 +378,15 @@ class SuiteRunner:
     def pretrain_step_cost(self, method: Method, student: nn.Module) -> dict[str, Any]:
         """Table 8: one step of pre-training the student's architecture on the base objective, at the
         pre-training batch (the paper times the plain low-rank model against the original one; a
-        method's own loss terms and teacher are in its `pretrain_seconds`). The cost does not depend
-        on the weights, so it is measured once per method setting and shared by the seeds."""
-        key = json.dumps(method.describe(), sort_keys=True, default=str)
-        if key not in self._step_costs:
-            task, sched = self.pretrain_task, self.pretrain_schedule()
-            seed_everything(self.seed)
-            loader = torch.utils.data.DataLoader(task.train_split(self.data(task)), batch_size=sched.batch_size)
-            batch = move_to(next(iter(loader)), self.device)
-            objective = task.objective()
-            self._step_costs[key] = measure_train_step(
-                trainable_copy(student), lambda m: objective.loss(objective.forward(m, batch), batch),
-                batch_size=sched.batch_size, device=self.device)
-        return self._step_costs[key]
+        method's own loss terms and teacher are in its `pretrain_seconds`). Measured for every row,
+        so the spread over seeds shows the timing's own noise."""
+        task, sched = self.pretrain_task, self.pretrain_schedule()
+        seed_everything(self.seed)
+        loader = torch.utils.data.DataLoader(task.train_split(self.data(task)), batch_size=sched.batch_size)
+        batch = move_to(next(iter(loader)), self.device)
+        objective = task.objective()
+        return measure_train_step(trainable_copy(student), lambda m: objective.loss(objective.forward(m, batch), batch),
+                                  batch_size=sched.batch_size, repeats=10, warmup=3, device=self.device)
 
     # -- the whole suite ----------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:

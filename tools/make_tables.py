@@ -12,9 +12,7 @@ from pathlib import Path
 
 from _cli import run_main
 
-from benchmark.tables import write_leaderboard
-from reports.figures import write_figures
-from reports.paper_tables import write_tables
+from reports.publish import publish
 from reports.rows import load_rows
 
 
@@ -24,10 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latex", action="store_true", help="also write each paper table as LaTeX (tables/*.tex)")
     a = p.parse_args(argv)
     rows = load_rows(Path(a.results) / "results.jsonl")  # a missing, empty or malformed store stops here
-    written = write_leaderboard(rows, a.results)
-    written += write_tables(rows, a.results, latex=a.latex)
-    written += write_figures(rows, a.results)
-    for path in written:
+    for path in publish(rows, a.results, latex=a.latex):
         print(path)
     return 0
 

@@ -219,7 +219,13 @@ def main() -> int:
     start = time.time()
     runner = SuiteRunner(cfg, progress=not quiet)
     rows = runner.run()
-    log.info("%d rows in %.0f s; leaderboard: %s/leaderboard.md", len(rows), time.time() - start, cfg.results)
+    from reports.publish import publish
+    from reports.rows import load_rows
+
+    # The whole store, not only this run's rows: the tables put every backbone's runs side by side.
+    written = publish(load_rows(Path(cfg.results) / "results.jsonl"), cfg.results)
+    log.info("%d rows in %.0f s; leaderboard: %s/leaderboard.md; %d tables and figures under %s", len(rows),
+             time.time() - start, cfg.results, len(written), cfg.results)
     return 0
 
 

@@ -55,7 +55,7 @@ def test_capture_features_removes_hooks_on_error():
 
 def test_metadata():
     b = create_backbone("deit_micro")
-    assert b.embed_dims == (48,) and b.depth == 6 and b.paper_ratio == 2.0
+    assert b.embed_dims == (48,) and b.depth == 6 and b.paper_ratio == 3.0
     assert "head" in b.lowrank_omit
     s = create_backbone("swin_micro")
     assert len(s.embed_dims) == 4 and "attn.proj" in s.lowrank_omit

@@ -73,14 +73,14 @@ def test_omit_patterns_match_dotted_suffixes():
     assert not matches_any("model.blocks.0.attn.qkv", ["attn.proj", "head"])
 
 
-def test_factorize_micro_respects_omit_and_halves():
+def test_factorize_micro_respects_omit_and_keeps_about_a_third():
     b = create_backbone("deit_micro")
     dense = count_params(b)
     factorize(b)
     mods = lowrank_modules(b)
     assert "model.head" not in mods and "model.blocks.0.attn.qkv" in mods
     assert isinstance(b.model.head, nn.Linear)
-    assert 0.45 < count_params(b) / dense < 0.6
+    assert 0.3 < count_params(b) / dense < 0.45  # its preset ratio is 3
 
 
 @pytest.mark.parametrize(

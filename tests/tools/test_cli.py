@@ -196,7 +196,7 @@ def test_parse_args_data_flags_and_new_options(run_suite):
 
 def test_seed_flags(run_suite):
     cfg, _ = run_suite.parse_args([])
-    assert cfg.seeds == (0,) and cfg.teacher_seed == 0
+    assert cfg.seeds == (0, 1, 2) and cfg.teacher_seed == 0  # three seeds unless told otherwise
     cfg, _ = run_suite.parse_args(["--seeds", "0,1,2", "--teacher-seed", "3"])
     assert cfg.seeds == (0, 1, 2) and cfg.teacher_seed == 3
     cfg, _ = run_suite.parse_args(["--seed", "4"])

@@ -72,7 +72,7 @@ def test_a_malformed_row_is_an_error_naming_its_line(make_tables, tmp_path, caps
     with pytest.raises(SystemExit) as e:
         make_tables.run_main(lambda: make_tables.main(["--results", str(path.parent)]))
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "results.jsonl:3: row lacks seed, provenance, budget, metrics" in err
+    assert e.value.code == 2 and "results.jsonl: row 3 lacks seed, provenance, budget, metrics" in err
     assert not (path.parent / "leaderboard.md").exists()  # nothing half-written
 
 
