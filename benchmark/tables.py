@@ -1,4 +1,4 @@
-"""Leaderboards from the results store: `results/leaderboard.{md,csv,png}`.
+"""Leaderboards from the results store: `results/leaderboard.{md,csv}` (the figures: `reports.figures`).
 
 Synthetic and real-data rows go in separate sections and are never ranked together.
 """
@@ -17,7 +17,7 @@ from benchmark.provenance import code_label, code_version, same_code
 from benchmark.stats import ALPHA, summarize, welch_p
 from benchmark.store import teacher_seed
 from benchmark.tradeoff import pareto_optimal, shrinks
-from common.io import atomic_write_bytes, atomic_write_text
+from common.io import atomic_write_text
 
 # (row path, column header, format). Each row also carries its task's own columns
 # (metrics and extras such as a fine-tune's batch), placed after the method's.
@@ -279,9 +279,14 @@ def render_markdown(rows: list[dict[str, Any]], current_code: dict[str, Any] | N
             whole = f"; {scope}" if scope else ""
             size = f"; measured at {eff['input_size']} px" if eff.get("input_size") else ""
             seeds = sorted({r["seed"] for r in group})
+            check = pipeline_check(group)
             out += [
-                f"### {task} · {backbone} · budget {budget} · {_seed_label(seeds)} · teacher seed {t_seed}",
+                f"### {task} · {backbone} · budget {budget} · {_seed_label(seeds)} · teacher seed {t_seed}"
+                + (" · pipeline check" if check else ""),
                 "",
+                *([f"**A pipeline check, not a ranking**: each fine-tune here is at most {check} iterations, "
+                   "enough to show that the model trains, is scored and is measured end to end; the scores "
+                   "rank nothing.", ""] if check else []),
                 f"Ranked by {primary}. Latency: median over repeats at batch {eff.get('latency_batch', '?')}, "
                 f"{eff.get('latency_threads', '?')} threads, on {group[0].get('device', '?')}; "
                 f"GFLOPs = 2 x MAC, attention included{whole}{size}.",
@@ -290,6 +295,22 @@ def render_markdown(rows: list[dict[str, Any]], current_code: dict[str, Any] | N
                 "",
             ]
     return "\n".join(out)
+
+
+# A section whose fine-tunes are shorter than this many iterations checks the pipeline and ranks nothing.
+PIPELINE_CHECK_ITERATIONS = 50
+
+
+def pipeline_check(rows: list[dict[str, Any]]) -> int | None:
+    """The longest fine-tune (iterations) of a section whose every fine-tune is a handful of
+    iterations (paper-size models at the smoke budget); None for a section that trains enough to rank."""
+    lengths = []
+    for r in rows:
+        sched = get(r, "finetune.schedule") or {}
+        if sched.get("by_epoch") is not False or not isinstance(sched.get("length"), int):
+            return None
+        lengths.append(sched["length"])
+    return max(lengths) if lengths and max(lengths) < PIPELINE_CHECK_ITERATIONS else None
 
 
 def _sections(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
@@ -329,68 +350,9 @@ def render_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def render_plot(rows: list[dict[str, Any]]) -> bytes | None:
-    """Accuracy against parameters, one panel per task x backbone x provenance x budget, as PNG bytes:
-    a point per method at its mean over seeds, with a bar of +- one standard deviation."""
-    groups: dict[tuple, list] = {}
-    for r in rows:
-        if get(r, "efficiency.params_m") is not None and r.get("metrics"):
-            groups.setdefault((r["task"], r["backbone"], r["provenance"], r.get("budget")), []).append(r)
-    if not groups:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = min(3, len(groups))  # a grid, so a store of many tasks stays readable
-    rows_n = -(-len(groups) // cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(6 * cols, 4.5 * rows_n), squeeze=False)
-    for ax in axes.flat[len(groups):]:
-        ax.set_visible(False)
-    for ax, ((task, backbone, provenance, budget), group) in zip(axes.flat, sorted(groups.items(), key=str)):
-        primary = group[0].get("primary_metric", "top1")
-        by_method: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for r in group:
-            if r["metrics"].get(primary) is not None:
-                by_method.setdefault(_method_key(r), []).append(r)
-        points: dict[tuple[float, float], list[str]] = {}
-        spread: dict[tuple[float, float], float] = {}
-        for (method, options), runs in by_method.items():
-            s = summarize([r["metrics"][primary] for r in runs])
-            xy = (runs[0]["efficiency"]["params_m"], s.mean)
-            points.setdefault(xy, []).append(method + (f" ({options})" if options else ""))
-            spread[xy] = max(spread.get(xy, 0.0), s.std)
-        if not points:
-            ax.set_visible(False)
-            continue
-        y_span = max(1e-9, max(y for _, y in points) - min(y for _, y in points))
-        placed: list[tuple[float, float, int]] = []
-        for (x, y), names in sorted(points.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
-            ax.errorbar(x, y, yerr=spread[(x, y)] or None, fmt="o", ms=6, capsize=3)
-            # stack the labels of points that sit on top of each other instead of overprinting them
-            near = [k for px, py, k in placed if abs(px - x) <= 0.03 * max(px, x) and abs(py - y) < 0.04 * y_span]
-            level = max(near) + 1 if near else 0
-            placed.append((x, y, level))
-            ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(6, 3 - 10 * level), fontsize=8)
-        ax.set_xlabel("parameters (M)")
-        seeds = sorted({r["seed"] for r in group})
-        ax.set_ylabel(primary + (f" (mean +- std, {len(seeds)} seeds)" if len(seeds) > 1 else ""))
-        ax.set_title(f"{task} / {backbone} ({provenance}, {budget})")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def write_leaderboard(rows: list[dict[str, Any]], results_dir: str | Path) -> list[Path]:
     results_dir = Path(results_dir)
     md = atomic_write_text(results_dir / "leaderboard.md", render_markdown(rows, code_version()))
     csv_path = atomic_write_text(results_dir / "leaderboard.csv", render_csv(rows))
-    written = [md, csv_path]
-    png = render_plot(rows)
-    if png is not None:
-        written.append(atomic_write_bytes(results_dir / "leaderboard.png", png))
-    return written
+    # The figures (accuracy against cost per section, Pareto front marked) are `reports.figures`'.
+    return [md, csv_path]

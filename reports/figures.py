@@ -91,6 +91,11 @@ def tradeoff_figure(key: tuple, rows: list[dict[str, Any]]) -> Figure:
     primary = rows[0].get("primary_metric", "top1")
     higher = rows[0].get("higher_is_better", True)
     lines = [ln for ln in section_lines(rows) if ln.mean is not None]
+    preset = [ln for ln in lines if not ln.key[1]]
+    if len(preset) >= 2 and len(preset) < len(lines):
+        # Each method at its defaults: a ratio sweep's dozen extra points have their own figure (Fig. 4).
+        lines = preset
+        title += "; methods at their defaults"
     if len(lines) < 2:
         return Figure(name, title, None, "fewer than two methods with a score")
     dense = next((ln for ln in lines if ln.key == ("dense", "")), None)
@@ -162,9 +167,14 @@ def ratio_figures(rows: list[dict[str, Any]]) -> list[Figure]:
         sweep = [r for r in group if _sweepable(r)]
         by_method: dict[str, dict[float, list[float]]] = {}
         primary = group[0].get("primary_metric", "top1")
+        seen: set[tuple[str, float, Any]] = set()
         for r in sweep:
             score = number(get(r, f"metrics.{primary}"))
-            if score is not None:
+            # The preset's row and a sweep's row at the preset's ratio are one model under one seed:
+            # counted once, so a seed does not weigh twice.
+            point = (r["method"], float(r["ratio"]), r.get("seed"))
+            if score is not None and point not in seen:
+                seen.add(point)
                 by_method.setdefault(r["method"], {}).setdefault(float(r["ratio"]), []).append(score)
         if not any(len(ratios) > 1 for ratios in by_method.values()):
             continue

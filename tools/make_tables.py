@@ -1,5 +1,5 @@
 """Rebuild every report from the results store, without training anything: the leaderboard
-(`leaderboard.{md,csv,png}`), the paper's Tables 1-9 beside ours (`tables/`), and the figures
+(`leaderboard.{md,csv}`), the paper's Tables 1-9 beside ours (`tables/`), and the figures
 (`figures/`). Prints each path it wrote.
 
     python tools/make_tables.py --results results [--latex]

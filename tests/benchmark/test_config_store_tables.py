@@ -155,8 +155,7 @@ def test_leaderboard_ranks_and_separates_provenance(tmp_path):
     csv_text = render_csv(rows)
     assert csv_text.splitlines()[0].count("metrics.top1") == 1 and len(csv_text.splitlines()) == 4
     paths = write_leaderboard(rows, tmp_path)
-    assert all(p.is_file() for p in paths)
-    assert (tmp_path / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all(p.is_file() for p in paths) and {p.name for p in paths} == {"leaderboard.md", "leaderboard.csv"}
 
 
 def test_leaderboard_takes_each_rows_columns_and_direction():
@@ -328,3 +327,15 @@ def test_welch_test_matches_scipy_and_handles_rows_without_spread():
     assert welch_p([2.0, 2.0], [2.0, 2.0]) == 1.0 and welch_p([2.0, 2.0], [3.0, 3.0]) == 0.0
     s = summarize([1.0, 2.0, 3.0])
     assert (s.mean, s.std, s.n) == (2.0, 1.0, 3)
+
+
+def test_a_section_of_a_few_fine_tune_iterations_is_headed_a_pipeline_check():
+    def seg(method, miou, length):
+        row = _row(method, miou, finetune={"schedule": {"by_epoch": False, "length": length}})
+        return {**row, "task": "seg", "metrics": {"mIoU": miou}, "primary_metric": "mIoU"}
+
+    short = render_markdown([seg("dense", 3.0, 4), seg("svd", 2.0, 4)])
+    assert "· pipeline check" in short and "at most 4 iterations" in short
+    long = render_markdown([seg("dense", 30.0, 300), seg("svd", 20.0, 300)])
+    assert "pipeline check" not in long
+    assert "pipeline check" not in render_markdown([_row("dense", 90.0)])  # no fine-tune: the cls rows

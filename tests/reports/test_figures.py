@@ -76,3 +76,21 @@ def test_similarity_is_averaged_over_seeds_per_class(row):
             row("svd", 1.0, seed=1, analysis={"feature_similarity": {"classes": ["b", "a"],
                                                                      "within_class": [0.6, 0.4], "to_dense": [1, 1]}})]
     assert per_class(rows, "svd", "within_class") == pytest.approx({"a": 0.3, "b": 0.5})
+
+
+def test_fig4_counts_a_preset_row_and_a_sweep_row_of_one_seed_once(row, monkeypatch):
+    import reports.figures as figures
+    from reports.figures import ratio_figures
+
+    seen = {}
+    real = figures.summarize
+
+    def spy(values):
+        seen.setdefault("calls", []).append(list(values))
+        return real(values)
+
+    monkeypatch.setattr(figures, "summarize", spy)
+    rows = [row("pela", 90.0, ratio=3.0, seed=0), row("pela", 90.0, options="ratio=3.0", ratio=3.0, seed=0),
+            row("pela", 80.0, options="ratio=5.0", ratio=5.0, seed=0), row("dense", 95.0)]
+    assert len(ratio_figures(rows)) == 1
+    assert [90.0] in seen["calls"] and [90.0, 90.0] not in seen["calls"]
