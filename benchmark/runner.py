@@ -23,7 +23,7 @@ from torch import nn
 
 from backbones import Backbone, create_backbone
 from benchmark.batch_scaling import BatchScaling
-from benchmark.config import (REFERENCE_METHOD, Budget, Schedule, SuiteConfig, method_options_for, resolve_device,
+from benchmark.config import (LARGE_PARAMS, REFERENCE_METHOD, Budget, Schedule, SuiteConfig, method_options_for, resolve_device,
                               validate)
 from benchmark.efficiency import measure_all, measure_train_step
 from benchmark.provenance import code_version, machine, versions
@@ -76,6 +76,7 @@ class SuiteRunner:
             meta = create_backbone(cfg.backbone)
         self.info = meta.info
         self.backbone_params = count_params(meta)
+        self.small = self.backbone_params <= LARGE_PARAMS  # picks the tasks' schedules for small backbones
         self.img_size = self.budget.img_size or self.info.img_size
         self.tasks: dict[str, Task] = {}
         for name in cfg.tasks:
@@ -94,12 +95,16 @@ class SuiteRunner:
         self._data: dict[str, TaskData] = {}
         self._teacher: Backbone | None = None  # set by `run`; the reference of analyses that compare with it
 
+    def schedule(self, task: Task) -> Any:
+        """The task's schedule under this run's budget, for this backbone's size."""
+        return task.schedule(self.budget.name, self.small)
+
     # -- stage 0: data -------------------------------------------------------------------
     def data(self, task: Task) -> TaskData:
         """The task's data set: the user's root, or the synthetic world generated once under `out`."""
         if task.name in self._data:
             return self._data[task.name]
-        schedule = task.schedule(self.budget.name)
+        schedule = self.schedule(task)
         root = self.data_roots.get(task.name)
         if root is None:
             spec = {"task": task.name, "seed": self.cfg.teacher_seed, **task.synthetic_spec(schedule, self.budget.img_size)}
@@ -270,7 +275,7 @@ class SuiteRunner:
     def row(self, method: Method, task: Task, variant: str, student: Callable[[], StudentResult],
             teacher_hash: str) -> dict[str, Any] | None:
         cfg = self.cfg
-        schedule = task.schedule(self.budget.name)
+        schedule = self.schedule(task)
         spec = {"student": self.student_stage(method, teacher_hash).hash, "task": task.name, "schedule": schedule,
                 "budget": {"img_size": self.img_size, "latency_batch": self.budget.latency_batch_size},
                 "device": str(self.device), "variant": variant, "data": self.data_id(task)}

@@ -99,6 +99,9 @@ class Task:
     fine_tunes: ClassVar[bool] = False
     # One schedule per budget name ("tiny", "smoke", "paper", ...): the task's own dataclass.
     schedules: ClassVar[dict[str, Any]] = {}
+    # Where a budget trains the smaller backbones (up to `benchmark.config.LARGE_PARAMS`) longer or
+    # narrower than the paper-size ones: that budget's schedule for them.
+    small_schedules: ClassVar[dict[str, Any]] = {}
     layout: ClassVar[str] = ""  # the on-disk format `--data NAME=DIR` expects, for messages
     # Keyword arguments for `benchmark.efficiency.measure_all` (e.g. count FLOPs on real tensors).
     measure_options: ClassVar[dict[str, Any]] = {}
@@ -112,10 +115,13 @@ class Task:
         """Adapt to the backbone this run serves, before any data loads (a text task picks its tokenizer)."""
 
     # -- schedule and data -------------------------------------------------------------
-    def schedule(self, budget: str) -> Any:
+    def schedule(self, budget: str, small: bool = False) -> Any:
+        """The task's schedule under `budget`; `small`: for a backbone of at most 10 M parameters."""
         if budget not in self.schedules:
             raise PelaBenchError(f"task {self.name!r} has no schedule for budget {budget!r} "
                                  f"(it has {', '.join(sorted(self.schedules))})")
+        if small and budget in self.small_schedules:
+            return self.small_schedules[budget]
         return self.schedules[budget]
 
     def synthetic_spec(self, schedule: Any, img_size: int | None) -> dict[str, Any]:

@@ -155,8 +155,9 @@ def load_det_data(root: str | Path) -> DetData:
     return DetData(root, tuple(c["name"] for c in sorted(cats, key=lambda c: c["id"])), "real", audit)
 
 
-def _box_head(num_classes: int, stds: list[float], norm: dict) -> dict[str, Any]:
-    return dict(type="Shared4Conv1FCBBoxHead", in_channels=256, conv_out_channels=256, fc_out_channels=1024,
+def _box_head(num_classes: int, stds: list[float], norm: dict, s: MMSchedule) -> dict[str, Any]:
+    return dict(type="Shared4Conv1FCBBoxHead", in_channels=s.neck_channels, conv_out_channels=s.neck_channels,
+                fc_out_channels=s.roi_fc_channels,
                 roi_feat_size=7, num_classes=num_classes, norm_cfg=norm, reg_class_agnostic=False,
                 reg_decoded_bbox=True,
                 bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=stds),
@@ -183,13 +184,14 @@ def build_detector(backbone: Backbone, num_classes: int, s: MMSchedule) -> nn.Mo
     backbone.attach_pyramid()
     chans, strides = list(backbone.pyramid_channels), list(backbone.pyramid_strides)
     norm = dict(type="BN", requires_grad=True)
+    width = s.neck_channels
     cfg = ConfigDict(
         type="CascadeRCNN",
         data_preprocessor=dict(type="DetDataPreprocessor", pad_mask=True, pad_size_divisor=32, **IMG_NORM),
         backbone=dict(type="PelaBackbone", backbone=backbone),
-        neck=dict(type="FPN", in_channels=chans, out_channels=256, num_outs=5),
+        neck=dict(type="FPN", in_channels=chans, out_channels=width, num_outs=5),
         rpn_head=dict(
-            type="RPNHead", in_channels=256, feat_channels=256,
+            type="RPNHead", in_channels=width, feat_channels=width,
             anchor_generator=dict(type="AnchorGenerator", scales=[8], ratios=[0.5, 1.0, 2.0],
                                   strides=strides + [2 * strides[-1]]),
             bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[1.0] * 4),
@@ -197,12 +199,12 @@ def build_detector(backbone: Backbone, num_classes: int, s: MMSchedule) -> nn.Mo
             loss_bbox=dict(type="SmoothL1Loss", beta=1.0 / 9.0, loss_weight=1.0)),
         roi_head=dict(
             type="CascadeRoIHead", num_stages=3, stage_loss_weights=[1, 0.5, 0.25],
-            bbox_roi_extractor=dict(type="SingleRoIExtractor", out_channels=256, featmap_strides=strides,
+            bbox_roi_extractor=dict(type="SingleRoIExtractor", out_channels=width, featmap_strides=strides,
                                     roi_layer=dict(type="RoIAlign", output_size=7, sampling_ratio=0)),
-            bbox_head=[_box_head(num_classes, stds, norm) for stds in _STAGE_STDS],
-            mask_roi_extractor=dict(type="SingleRoIExtractor", out_channels=256, featmap_strides=strides,
+            bbox_head=[_box_head(num_classes, stds, norm, s) for stds in _STAGE_STDS],
+            mask_roi_extractor=dict(type="SingleRoIExtractor", out_channels=width, featmap_strides=strides,
                                     roi_layer=dict(type="RoIAlign", output_size=14, sampling_ratio=0)),
-            mask_head=dict(type="FCNMaskHead", num_convs=4, in_channels=256, conv_out_channels=256,
+            mask_head=dict(type="FCNMaskHead", num_convs=4, in_channels=width, conv_out_channels=width,
                            num_classes=num_classes,
                            loss_mask=dict(type="CrossEntropyLoss", use_mask=True, loss_weight=1.0))),
         train_cfg=dict(
@@ -258,6 +260,17 @@ DET_SCHEDULES = {
 }
 
 
+# The CPU-sized backbones at the smoke budget: the same Cascade Mask R-CNN, narrower (FPN and RoI
+# convs 64, box fc 256), on the teachers' 64 px scenes, the backbone held fixed for the reason
+# `tasks.segmentation.SEG_SMALL_SCHEDULES` gives.
+DET_SMALL_SCHEDULES = {
+    "smoke": MMSchedule(by_epoch=False, length=300, batch_size=4, lr=1e-3, weight_decay=0.05, warmup_iters=30,
+                        img_scale=(64, 64), log_interval=50, rpn_train_proposals=100, rcnn_train_samples=16,
+                        rpn_test_proposals=50, neck_channels=64, roi_fc_channels=256, freeze_backbone=True,
+                        synthetic_train=512, synthetic_val=128, latency_repeats=5),
+}
+
+
 @register_task
 class DetectionTask(MMTask):
     """Cascade Mask R-CNN; metrics box and mask AP (COCO, percent)."""
@@ -271,6 +284,7 @@ class DetectionTask(MMTask):
     scope = "mmdet"
     sample_cls_path = "mmdet.structures:DetDataSample"
     schedules = DET_SCHEDULES
+    small_schedules = DET_SMALL_SCHEDULES
     layout = "COCO: train2017/, val2017/ and annotations/instances_{train,val}2017.json"
 
     def write_synthetic(self, root: Path, spec: dict[str, Any], seed: int, progress: bool) -> None:

@@ -50,6 +50,14 @@ class MMSchedule:
     checkpoint_interval: int = 0  # 0: only at the end
     log_interval: int = 50
     head_channels: int = 512  # UPerHead width; part of the architecture, kept at the paper's value
+    # Cascade Mask R-CNN's widths (the paper's: FPN and RoI convs 256, box-head fc 1024); narrower
+    # only for the CPU-sized backbones, whose own features are 48-256 wide.
+    neck_channels: int = 256
+    roi_fc_channels: int = 1024
+    # Hold the method's network fixed: no gradient reaches it, only the pyramid neck and the heads
+    # train, so a row measures the features the method delivered (a frozen-feature probe). False:
+    # the paper's recipes, which fine-tune everything.
+    freeze_backbone: bool = False
     # Detection's RoI budget (None: the paper's 2000 / 512 / 1000). Fewer proposals and
     # sampled RoIs change the compute, not the architecture or its parameter count.
     rpn_train_proposals: int | None = None
@@ -60,7 +68,8 @@ class MMSchedule:
     latency_repeats: int = 20
 
     def __post_init__(self) -> None:
-        for name in ("length", "batch_size", "synthetic_train", "synthetic_val", "latency_repeats"):
+        for name in ("length", "batch_size", "synthetic_train", "synthetic_val", "latency_repeats",
+                     "head_channels", "neck_channels", "roi_fc_channels"):
             if getattr(self, name) < 1:
                 raise PelaBenchError(f"mm schedule: {name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -94,6 +103,15 @@ def optim_wrapper(s: MMSchedule, device: torch.device, extra_custom_keys: dict |
     if device.type == "cuda":  # bf16 autocast, as the project's own trainer does on CUDA
         wrapper.update(type="AmpOptimWrapper", dtype="bfloat16")
     return wrapper
+
+
+def freeze_backbone_if_fixed(model: nn.Module, s: MMSchedule) -> None:
+    """Under `s.freeze_backbone`, stop gradients at the method's network (`PelaBackbone.body.model`).
+
+    The pyramid neck that `attach_pyramid` added is new, so it trains with the heads.
+    """
+    if s.freeze_backbone:
+        model.backbone.body.model.requires_grad_(False)
 
 
 def param_schedulers(s: MMSchedule) -> list[dict[str, Any]]:
@@ -267,7 +285,8 @@ class MMTask(Task):
     def synthetic_spec(self, schedule: MMSchedule, img_size: int | None) -> dict[str, Any]:
         # Scenes are drawn at the size the model is measured at, whatever the pre-training size.
         return {"n_train": schedule.synthetic_train, "n_val": schedule.synthetic_val, "img_size": schedule.input_size,
-                "generator": scenes.GENERATOR_VERSION}
+                "generator": scenes.GENERATOR_VERSION,
+                "labels": scenes.DENSE_LABEL_VERSION}
 
     def check_root(self, root: Path) -> None:
         if not Path(root).is_dir():
@@ -284,6 +303,7 @@ class MMTask(Task):
 
         set_random_seed(ctx.seed)  # the heads are initialised from the global RNG
         model = self.build_model(trainable_copy(student).to(ctx.device), data, schedule)
+        freeze_backbone_if_fixed(model, schedule)
         train, test = self.loaders(data, schedule, workers=ctx.workers, train_batch=ctx.train_batch)
         fit = fit_and_test(model=model, scope=self.scope, schedule=schedule, train_loader=train, test_loader=test,
                            evaluator=self.evaluator(data, schedule), work_dir=ctx.work_dir, seed=ctx.seed,
@@ -313,5 +333,6 @@ class MMTask(Task):
     def train_step(self, student: nn.Module, data: TaskData, schedule: MMSchedule, batch: int,
                    device: torch.device) -> tuple[nn.Module, Callable[[], None]]:
         model = self.build_model(trainable_copy(student).to(device), data, schedule).to(device)
+        freeze_backbone_if_fixed(model, schedule)
         loader, _ = self.loaders(data, schedule, workers=0, train_batch=batch)
         return model, train_step(model, self.scope, loader)

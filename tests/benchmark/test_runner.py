@@ -375,3 +375,17 @@ def test_a_ratio_sweep_keeps_each_ratio_as_its_own_row_beside_the_preset(cfg):
         assert len(sims["classes"]) == len(sims["within_class"]) == len(sims["to_dense"]) == 16
     dense = next(r for r in stored if r["method"] == "dense")
     assert dense["analysis"]["feature_similarity"]["to_dense"] == pytest.approx([1.0] * 16, abs=1e-5)
+
+
+def test_cpu_sized_backbones_take_the_tasks_small_schedules(tmp_path):
+    from tasks.segmentation import SEG_SCHEDULES, SEG_SMALL_SCHEDULES
+
+    def runner(backbone: str) -> SuiteRunner:
+        cfg = SuiteConfig(backbone=backbone, tasks=("seg",), methods=("dense",), seeds=(0,),
+                          out=str(tmp_path / "runs"), results=str(tmp_path / "results"))
+        return SuiteRunner(cfg, progress=False)
+
+    micro, base = runner("deit_micro"), runner("deit_base")
+    assert micro.small and not base.small
+    assert micro.schedule(micro.tasks["seg"]) is SEG_SMALL_SCHEDULES["smoke"]
+    assert base.schedule(base.tasks["seg"]) is SEG_SCHEDULES["smoke"]

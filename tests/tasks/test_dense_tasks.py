@@ -15,11 +15,11 @@ from backbones import create_backbone
 from benchmark.efficiency import count_flops
 from common.errors import PelaBenchError
 from tasks import RunContext, TaskData, TaskResult
-from tasks.detection import DET_SCHEDULES, DetectionTask, audit_coco, load_det_data
+from tasks.detection import DET_SCHEDULES, DET_SMALL_SCHEDULES, DetectionTask, audit_coco, build_detector, load_det_data
 from tasks.base import trainable_copy
 from tasks.mm.engine import MMInference, MMSchedule, MMTask
-from tasks.segmentation import SEG_SCHEDULES, SegData, SegmentationTask, load_seg_data
-from tasks.synthetic import dense_world, write_detection, write_segmentation
+from tasks.segmentation import SEG_SCHEDULES, SEG_SMALL_SCHEDULES, SegData, SegmentationTask, load_seg_data
+from tasks.synthetic import DENSE_LABEL_VERSION, GENERATOR_VERSION, SEG_CLASSES, class_names, dense_world, write_detection, write_segmentation
 
 # Test-time scales differ from the 64-px scenes, so the checks run on resized images as with real data.
 SEG = MMSchedule(by_epoch=False, length=1, batch_size=2, lr=1e-4, weight_decay=0.01, warmup_iters=1,
@@ -98,7 +98,7 @@ def test_segmentation_trains_tests_and_resumes(seg_root, tmp_path, monkeypatch, 
 def test_detection_trains_and_reports_box_and_mask_ap(det_root, tmp_path):
     task = DetectionTask()
     data = task.load(det_root, DET, None)
-    assert data.provenance == "synthetic" and data.content.classes == ("circle", "square", "triangle", "cross")
+    assert data.provenance == "synthetic" and data.content.classes == tuple(class_names())
     assert data.audit["val"]["images"] == 2 and data.audit["train"]["degenerate"] == 0
     assert data.audit == data.content.audit
     res = task.run(create_backbone("swin_micro"), data, DET, ctx(tmp_path / "work"))
@@ -185,7 +185,7 @@ def test_out_of_range_label_stops_a_real_run(seg_root, tmp_path):
     for png in (root / "annotations" / "validation").glob("*.png"):
         Image.fromarray(np.full((64, 64), 42, np.uint8)).save(png)
     task = SegmentationTask()
-    with pytest.raises(PelaBenchError, match="out of range for 5 classes"):
+    with pytest.raises(PelaBenchError, match=f"out of range for {len(SEG_CLASSES)} classes"):
         task.run(create_backbone("deit_micro"), task.load(root, SEG, None), SEG, ctx(tmp_path / "w"))
 
 
@@ -257,7 +257,8 @@ def test_schedules_per_budget_and_input_size():
         for budget, s in schedules.items():
             assert task.schedule(budget) is s and s.synthetic_train >= 1 and s.synthetic_val >= 1
             assert task.synthetic_spec(s, None) == {"n_train": s.synthetic_train, "n_val": s.synthetic_val,
-                                                    "img_size": s.input_size, "generator": 1}
+                                                    "img_size": s.input_size, "generator": GENERATOR_VERSION,
+                                                    "labels": DENSE_LABEL_VERSION}
             assert task.input_size(s, None) == s.input_size
         assert schedules["tiny"].synthetic_train < schedules["smoke"].synthetic_train
     # the segmentation crop, or the detection test scale's short side
@@ -268,8 +269,63 @@ def test_schedules_per_budget_and_input_size():
     assert "36 epochs" in DetectionTask().describe_schedule(DET_SCHEDULES["paper"])
 
 
+def test_small_backbones_take_the_small_schedules():
+    for task, schedules, small in ((SegmentationTask(), SEG_SCHEDULES, SEG_SMALL_SCHEDULES),
+                                   (DetectionTask(), DET_SCHEDULES, DET_SMALL_SCHEDULES)):
+        assert task.small_schedules is small
+        assert task.schedule("smoke", small=True) is small["smoke"] is not schedules["smoke"]
+        assert task.schedule("smoke") is schedules["smoke"]
+        # a budget without a small schedule keeps its own for every backbone
+        assert task.schedule("tiny", small=True) is schedules["tiny"]
+        assert task.schedule("paper", small=True) is schedules["paper"]
+        # ranked rows: long enough to leave the leaderboard's pipeline-check section, on a fixed backbone
+        assert small["smoke"].length >= 50 and small["smoke"].freeze_backbone
+        assert not any(s.freeze_backbone for s in schedules.values())
+        with pytest.raises(PelaBenchError, match="no schedule for budget 'huge'"):
+            task.schedule("huge", small=True)
+
+
+def test_a_frozen_backbone_trains_only_the_neck_and_the_head(seg_root, tmp_path):
+    import dataclasses
+
+    task = SegmentationTask()
+    frozen = dataclasses.replace(SEG, freeze_backbone=True, length=2, lr=1e-2)
+    data = task.load(seg_root, frozen, None)
+    student = create_backbone("deit_micro")
+    before = {k: v.clone() for k, v in student.model.state_dict().items()}
+    res = task.run(student, data, frozen, ctx(tmp_path / "work"))
+    body = res.model.backbone.body
+    assert not any(p.requires_grad for p in body.model.parameters())
+    after = body.model.state_dict()  # the classifier dropped, the rest as the method delivered it
+    assert set(after) == set(before) - {"head.weight", "head.bias"}
+    assert all(torch.equal(before[k], after[k]) for k in after)
+    # the neck attach_pyramid added and the heads did train
+    assert all(p.requires_grad for p in body.pyramid_neck.parameters())
+    assert all(p.requires_grad for p in res.model.decode_head.parameters())
+    # the default fine-tunes the network too
+    moved = task.run(create_backbone("deit_micro"), data, dataclasses.replace(frozen, freeze_backbone=False),
+                     ctx(tmp_path / "work-ft"))
+    assert not all(torch.equal(before[k], v) for k, v in moved.model.backbone.body.model.state_dict().items())
+
+
+def test_detector_widths_follow_the_schedule():
+    import dataclasses
+
+    narrow = dataclasses.replace(DET, neck_channels=32, roi_fc_channels=64)
+    model = build_detector(create_backbone("swin_micro"), 16, narrow)
+    assert {c.conv.out_channels for c in model.neck.fpn_convs} == {32}
+    assert model.rpn_head.rpn_conv.in_channels == 32
+    for head in model.roi_head.bbox_head:
+        assert head.shared_fcs[0].out_features == 64 and head.fc_cls.out_features == 17
+    assert {h.convs[0].conv.in_channels for h in model.roi_head.mask_head} == {32}
+    wide = build_detector(create_backbone("swin_micro"), 16, DET)
+    assert {c.conv.out_channels for c in wide.neck.fpn_convs} == {256}
+    assert wide.roi_head.bbox_head[0].shared_fcs[0].out_features == 1024
+
+
 @pytest.mark.parametrize("field,value", [("length", 0), ("batch_size", 0), ("synthetic_train", 0),
-                                         ("synthetic_val", 0), ("latency_repeats", 0), ("lr", 0.0)])
+                                         ("synthetic_val", 0), ("latency_repeats", 0), ("lr", 0.0),
+                                         ("head_channels", 0), ("neck_channels", 0), ("roi_fc_channels", 0)])
 def test_schedule_values_are_checked(field, value):
     kwargs = dict(by_epoch=False, length=1, batch_size=1, lr=1e-4, weight_decay=0.0, warmup_iters=1,
                   img_scale=(64, 64))

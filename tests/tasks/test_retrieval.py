@@ -154,3 +154,14 @@ def test_synthetic_data_stages_are_keyed_by_the_scene_generator_version(name, mo
     assert spec["generator"] == scenes.GENERATOR_VERSION
     monkeypatch.setattr(scenes, "GENERATOR_VERSION", scenes.GENERATOR_VERSION + 1)
     assert task.synthetic_spec(task.schedule("tiny"), 64) != spec  # new scenes, a new data stage
+
+
+@pytest.mark.parametrize("name", ["seg", "det"])
+def test_dense_data_stages_are_keyed_by_the_label_version_too(name, monkeypatch):
+    import tasks.synthetic as scenes
+
+    task = create_task(name)
+    spec = task.synthetic_spec(task.schedule("tiny"), 64)
+    assert spec["labels"] == scenes.DENSE_LABEL_VERSION
+    monkeypatch.setattr(scenes, "DENSE_LABEL_VERSION", scenes.DENSE_LABEL_VERSION + 1)
+    assert task.synthetic_spec(task.schedule("tiny"), 64) != spec  # new labels, a new data stage

@@ -13,7 +13,9 @@ from tasks.synthetic import (
     DET_CLASSES,
     MARKER_FILE,
     SEG_CLASSES,
-    SHAPES,
+    SceneObject,
+    WorldConfig,
+    class_names,
     clip_polygon,
     dense_world,
     polygon_area,
@@ -51,10 +53,10 @@ def test_clip_polygon_cuts_to_the_rectangle():
 
 
 def test_dense_world_and_classes():
-    world = dense_world()
-    assert world.img_size == 128 and world.distractors[0] >= 1
-    assert SEG_CLASSES == ("background", "circle", "square", "triangle", "cross")
-    assert DET_CLASSES == SHAPES
+    # The classification world at the dense size: the dense labels ask what the teacher was taught.
+    assert dense_world() == WorldConfig(img_size=128) and dense_world(64) == WorldConfig()
+    assert SEG_CLASSES == ("background", *class_names()) and len(SEG_CLASSES) == 17
+    assert DET_CLASSES == tuple(class_names())
 
 
 def test_segmentation_layout_and_labels(seg_root):
@@ -73,22 +75,36 @@ def test_segmentation_layout_and_labels(seg_root):
             assert 1 in values  # background
 
 
-def test_segmentation_map_follows_paint_order():
+def _square(colour: str, pattern: str, x0: float, y0: float, side: float, z: int) -> SceneObject:
+    poly = [(x0, y0), (x0 + side, y0), (x0 + side, y0 + side), (x0, y0 + side)]
+    return SceneObject("square", colour, pattern, (x0 + side / 2, y0 + side / 2), side / 2, poly, z)
+
+
+def test_segmentation_map_labels_the_subject_by_class():
+    background = SEG_CLASSES.index("background") + 1
+    subject = _square("blue", "striped", 10, 10, 30, z=1)
+    below = _square("red", "solid", 0, 0, 20, z=0)  # painted first: the subject covers it
+    above = _square("green", "hollow", 30, 30, 20, z=2)  # painted last: it hides the subject's corner
+    lbl = np.asarray(segmentation_map([subject, below, above], 64))
+    cls = SEG_CLASSES.index("blue_striped") + 1
+    assert lbl[20, 20] == cls  # the subject, also where it covers a distractor
+    assert lbl[5, 5] == background  # a distractor is background, never a class of its own
+    assert lbl[35, 35] == background  # the occluder takes the subject's pixels back
+    assert lbl[45, 45] == background and lbl[60, 60] == background
+    assert set(np.unique(lbl).tolist()) == {background, cls}
+
+
+def test_segmentation_map_of_rendered_scenes():
     world = dense_world()
-    subject_on_top = 0
     for i in range(20):
         _, objects = render_scene(0, "seg-train", i, world)
         assert sorted(o.z for o in objects) == list(range(len(objects)))
         lbl = np.asarray(segmentation_map(objects, world.img_size))
-        # The object painted last is never covered, so its label shows at its centre
-        # (inside every outline; hollow ones are labelled as their full interior).
-        top = max(objects, key=lambda o: o.z)
-        cx, cy = (round(c) for c in top.centre)
-        assert lbl[cy, cx] == SEG_CLASSES.index(top.shape) + 1
-        if objects[0].z == len(objects) - 1:  # the subject is painted last
-            subject_on_top += 1
-            assert SEG_CLASSES.index(objects[0].shape) + 1 in set(np.unique(lbl).tolist())
-    assert subject_on_top > 0
+        cls = SEG_CLASSES.index(objects[0].label) + 1
+        assert set(np.unique(lbl).tolist()) <= {1, cls}
+        if objects[0].z == len(objects) - 1:  # painted last, so its centre is never covered
+            cx, cy = (round(c) for c in objects[0].centre)
+            assert lbl[cy, cx] == cls
 
 
 def test_segmentation_is_deterministic(seg_root, tmp_path):
@@ -117,19 +133,20 @@ def test_detection_coco_annotations(det_root):
         coco = COCO(str(det_root / "annotations" / f"instances_{folder}.json"))
         cats = coco.loadCats(coco.getCatIds())
         assert [(c["id"], c["name"], c["supercategory"]) for c in cats] == \
-            [(k + 1, s, "shape") for k, s in enumerate(SHAPES)]
+            [(k + 1, s, "subject") for k, s in enumerate(class_names())]
         img_ids = coco.getImgIds()
         assert sorted(img_ids) == list(range(1, n + 1))
         ann_ids = [a["id"] for a in raw["annotations"]]
-        assert len(ann_ids) == len(set(ann_ids)) and len(ann_ids) >= n  # at least the subject, usually more
+        assert len(ann_ids) == len(set(ann_ids)) == n  # the subject of each scene; distractors are background
         for img in coco.loadImgs(img_ids):
             path = det_root / folder / img["file_name"]
             assert path.is_file() and Image.open(path).size == (img["width"], img["height"])
             anns = coco.loadAnns(coco.getAnnIds(imgIds=img["id"]))
-            assert anns, "every scene has at least its subject"
+            _, objects = render_scene(0, "det-" + folder[:-4], img["id"] - 1, dense_world())
+            assert [a["category_id"] for a in anns] == [DET_CLASSES.index(objects[0].label) + 1]
             for ann in anns:
                 x, y, w, h = ann["bbox"]
-                assert w >= 1 and h >= 1 and ann["iscrowd"] == 0 and 1 <= ann["category_id"] <= 4
+                assert w >= 1 and h >= 1 and ann["iscrowd"] == 0
                 assert x >= 0 and y >= 0
                 assert x + w <= img["width"] + 1e-6 and y + h <= img["height"] + 1e-6
                 mask = coco.annToMask(ann)
