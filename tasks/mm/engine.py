@@ -58,6 +58,10 @@ class MMSchedule:
     # train, so a row measures the features the method delivered (a frozen-feature probe). False:
     # the paper's recipes, which fine-tune everything.
     freeze_backbone: bool = False
+    # Segmentation's colour jitter (mmseg's PhotoMetricDistortion, the paper's ADE20K recipe). Off
+    # where colour is the label: the synthetic world's classes are hue x fill, told from the washed-out
+    # distractors (background) by saturation, so a hue shift or a halved saturation relabels a pixel.
+    photometric_distortion: bool = True
     # Detection's RoI budget (None: the paper's 2000 / 512 / 1000). Fewer proposals and
     # sampled RoIs change the compute, not the architecture or its parameter count.
     rpn_train_proposals: int | None = None

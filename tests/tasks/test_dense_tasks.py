@@ -285,6 +285,19 @@ def test_small_backbones_take_the_small_schedules():
             task.schedule("huge", small=True)
 
 
+def test_colour_jitter_is_off_where_colour_is_the_label():
+    from tasks.segmentation import _pipelines
+
+    def jitters(s) -> bool:
+        train, test = _pipelines(s, len(SEG_CLASSES))
+        assert all(t["type"] != "PhotoMetricDistortion" for t in test)
+        return any(t["type"] == "PhotoMetricDistortion" for t in train)
+
+    # the paper's ADE20K recipe keeps it; the CPU-sized probe on the hue x fill world drops it
+    assert all(jitters(s) for s in SEG_SCHEDULES.values())
+    assert not jitters(SEG_SMALL_SCHEDULES["smoke"])
+
+
 def test_a_frozen_backbone_trains_only_the_neck_and_the_head(seg_root, tmp_path):
     import dataclasses
 
