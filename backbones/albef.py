@@ -736,13 +736,19 @@ _ADAPTER_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "self_attn.q"
                     "self_attn.out", "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.out", "fc1", "fc2")
 
 
+# The official ALBEF pre-training (ALBEF/Pretrain.py:73-84, models/model_pretrain.py:215, 300-322): feature
+# distillation at 0.1 over the image, text and multimodal states, the perturbation at weight 1, radius 1e-3.
+OFFICIAL_ALBEF_PELA = (("alpha", 0.1), ("beta", 1.0), ("epsilon", 1e-3), ("rwp_form", "squared"),
+                       ("rwp_reduce", "mean"), ("fd_targets", "blocks"))
+
+
 def albef_info(name: str, cfg: AlbefConfig) -> BackboneInfo:
     return BackboneInfo(
         name=name, family="albef", embed_dims=(cfg.image_width,), depth=cfg.image_depth, img_size=cfg.img_size,
-        num_classes=0, paper_ratio=3.0, lowrank_omit=_ALBEF_OMIT, lowrank_min_out=10, distill_weight=0.1,
+        num_classes=0, paper_ratio=3.0, lowrank_omit=_ALBEF_OMIT, lowrank_min_out=10,
         pretrain_task="vlp", adapter_targets=_ADAPTER_TARGETS, classifier=(),
         feature_groups=("image", "text", "fusion"), token_merging=True, halvable_stages=True,
-        attention_scores=True, masking="drop",
+        attention_scores=True, masking="drop", pela_official=OFFICIAL_ALBEF_PELA,
     )
 
 

@@ -27,6 +27,14 @@ from torch import nn
 from common.errors import PelaBenchError
 
 
+# The official DeiT scripts (guoyang9/PELA DeiT/scripts/train_base.sh, DeiT/main.py:182-186): feature
+# distillation of every block at weight 1, the weight perturbation off (its weight defaults to 0).
+OFFICIAL_DEIT_PELA: tuple[tuple[str, Any], ...] = (
+    ("alpha", 1.0), ("beta", 0.0), ("epsilon", 1e-3), ("rwp_form", "squared"), ("rwp_reduce", "mean"),
+    ("fd_targets", "blocks"),
+)
+
+
 @dataclass(frozen=True)
 class BackboneInfo:
     name: str
@@ -40,8 +48,9 @@ class BackboneInfo:
     paper_ratio: float
     lowrank_omit: tuple[str, ...] = field(default_factory=tuple)
     lowrank_min_out: int = 0  # linear layers with fewer outputs stay full-rank (ALBEF's ITM head)
-    # PELA's feature-distillation weight (its `alpha`) in the official code for this family.
-    distill_weight: float = 1.0
+    # PELA's loss settings as this family's official script runs them (`methods.pela_recipes`, the
+    # "official" recipe), as (option, value) pairs; the default is the official DeiT scripts'.
+    pela_official: tuple[tuple[str, Any], ...] = OFFICIAL_DEIT_PELA
     hub_name: str | None = None
     # The task whose objective trains the teacher and pre-trains every student.
     pretrain_task: str = "cls"
@@ -177,6 +186,22 @@ class Backbone(nn.Module):
         finally:
             for h in handles:
                 h.remove()
+
+    @contextmanager
+    def capture_pooled(self) -> Iterator[dict[str, list[torch.Tensor]]]:
+        """Collect, as group ``"pooled"``, the pooled feature the classifier reads (its input) in every
+        forward run inside the block: what the official PELA Swin code distils instead of every block."""
+        get = getattr(getattr(self, "model", None), "get_classifier", None)
+        classifier = get() if callable(get) else None
+        if not isinstance(classifier, nn.Module):
+            raise PelaBenchError(f"{self.info.name} has no classifier reading a pooled feature "
+                                 f"(fd_targets=pooled needs one; use 'blocks' or block indices)")
+        groups: dict[str, list[torch.Tensor]] = {"pooled": []}
+        handle = classifier.register_forward_pre_hook(lambda _m, args: groups["pooled"].append(args[0]))
+        try:
+            yield groups
+        finally:
+            handle.remove()
 
     def features(self, batch: Mapping[str, Any]) -> dict[str, list[torch.Tensor]]:
         """The distillation targets of one batch: every block's output under ``"blocks"``."""

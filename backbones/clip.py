@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backbones.albef import OFFICIAL_ALBEF_PELA
 from backbones.base import Backbone, BackboneInfo
 from backbones.registry import register_backbone
 from common.errors import PelaBenchError
@@ -305,12 +306,14 @@ class ClipBackbone(Backbone):
 
 
 def clip_info(name: str, img_size: int, width: int, depth: int, tokenizer: str) -> BackboneInfo:
-    # Ratio 3 and distillation weight 0.1: the paper's (and the official code's) vision-language preset.
+    # Ratio 3 and ALBEF's PELA settings: the paper's (and the official code's) vision-language preset;
+    # the official code has no CLIP script, so its ALBEF one stands in.
     return BackboneInfo(
         name=name, family="clip", embed_dims=(width,), depth=depth, img_size=img_size, num_classes=0,
-        paper_ratio=3.0, lowrank_omit=(), lowrank_min_out=10, distill_weight=0.1, hub_name=f"open_clip:ViT-B-16/{HUB_TAG}",
+        paper_ratio=3.0, lowrank_omit=(), lowrank_min_out=10, hub_name=f"open_clip:ViT-B-16/{HUB_TAG}",
         pretrain_task="vlp", adapter_targets=_ADAPTER_TARGETS, classifier=(), feature_groups=("image", "text"),
         halvable_stages=True, attention_scores=True, token_merging=True, masking="drop", tokenizer=tokenizer,
+        pela_official=OFFICIAL_ALBEF_PELA,
     )
 
 

@@ -94,6 +94,10 @@ def swin_info(name: str, model: SwinTransformer, hub_name: str | None, paper_rat
         attention_scores=True,
         token_merging=False,  # windowed attention has no global token set (the paper leaves Swin out too)
         masking="mask_token",
+        # The official Swin script (Swin/scripts/train_swin_b.sh, Swin/main.py:74-75): one MSE on the final
+        # pooled feature, the perturbation at weight 1 with radius 0.
+        pela_official=(("alpha", 1.0), ("beta", 1.0), ("epsilon", 0.0), ("rwp_form", "squared"),
+                       ("rwp_reduce", "mean"), ("fd_targets", "pooled")),
     )
 
 

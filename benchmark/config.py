@@ -113,6 +113,9 @@ class SuiteConfig:
     # Compression ratios, each a student of every factorising method (a sweep: Fig. 4); empty: each
     # backbone's paper preset. Methods without a ratio (dense, LoRA, ToMe, ...) run once.
     ratios: tuple[float, ...] = ()
+    # PELA's recipes (`methods.pela_recipes`: "official", "paper"), each a student of every method that
+    # takes one; empty: the default recipe. Methods without a recipe run once.
+    recipes: tuple[str, ...] = ()
     # Task name -> data root in the task's real on-disk format; a task without one gets
     # the synthetic world, generated under `out`. The backbone's pre-training task's root
     # also feeds the teacher and every pre-training.
@@ -184,8 +187,10 @@ def resolve_device(name: str) -> "torch.device":
     return device
 
 
-def method_options_for(name: str, cfg: SuiteConfig, ratio: float | None = None) -> dict[str, Any]:
-    """The `--set` options (and `ratio`, one of `--ratio`'s) that method `name` takes.
+def method_options_for(name: str, cfg: SuiteConfig, ratio: float | None = None,
+                       recipe: str | None = None) -> dict[str, Any]:
+    """The `--set` options (and `ratio`, one of `--ratio`'s; `recipe`, one of `--recipe`'s) that method
+    `name` takes.
 
     Options a variant fixes are left to it: `--set alpha=0.5` changes PELA's alpha,
     while `pela_no_fd` keeps its alpha of 0 (that is what the row means).
@@ -196,7 +201,14 @@ def method_options_for(name: str, cfg: SuiteConfig, ratio: float | None = None) 
     opts = {k: v for k, v in cfg.method_options.items() if k in known}
     if ratio is not None and "ratio" in known:
         opts["ratio"] = ratio
+    if recipe is not None and "recipe" in known:
+        opts["recipe"] = recipe
     return opts
+
+
+def method_grid(name: str, cfg: SuiteConfig) -> list[tuple[float | None, str | None]]:
+    """The (ratio, recipe) pairs method `name` runs at: every `--ratio` by every `--recipe`."""
+    return [(ratio, recipe) for ratio in (cfg.ratios or (None,)) for recipe in (cfg.recipes or (None,))]
 
 
 def validate(cfg: SuiteConfig) -> None:
@@ -230,6 +242,17 @@ def validate(cfg: SuiteConfig) -> None:
             raise PelaBenchError(f"--ratio must be >= 1 (1/ratio of the parameters is kept), got {ratio}")
     if len(set(cfg.ratios)) != len(cfg.ratios):
         raise PelaBenchError(f"--ratio lists a ratio twice: {','.join(map(str, cfg.ratios))}")
+    if cfg.recipes:
+        from methods.pela_recipes import check_recipe
+
+        for recipe in cfg.recipes:
+            check_recipe(recipe)
+        if len(set(cfg.recipes)) != len(cfg.recipes):
+            raise PelaBenchError(f"--recipe lists a recipe twice: {','.join(cfg.recipes)}")
+        takers = [n for n in cfg.methods if "recipe" in {f.name for f in fields(method_class(n).options_cls)}]
+        if not takers:
+            raise PelaBenchError(f"--recipe applies to PELA's methods (pela, pela_no_fd, pela_no_rwp); none of "
+                                 f"{', '.join(cfg.methods)} takes one")
     unused = set(cfg.method_options) - {
         f.name for name in cfg.methods for f in fields(method_class(name).options_cls)
         if f.name not in pinned_options(name)
@@ -237,8 +260,8 @@ def validate(cfg: SuiteConfig) -> None:
     if unused:
         raise PelaBenchError(f"option(s) {', '.join(sorted(unused))} apply to none of the methods "
                              f"{', '.join(cfg.methods)} (variants such as pela_no_fd fix their own)")
-    methods = [create_method(name, **method_options_for(name, cfg, ratio)) for name in cfg.methods
-               for ratio in (cfg.ratios or (None,))]
+    methods = [create_method(name, **method_options_for(name, cfg, ratio, recipe)) for name in cfg.methods
+               for ratio, recipe in method_grid(name, cfg)]
     known_data = {t.name for t in tasks} | {pretrain.name}
     seen: dict[str, str] = {}
     for key, root in cfg.data.items():

@@ -23,7 +23,8 @@ from torch import nn
 
 from backbones import Backbone, create_backbone
 from benchmark.batch_scaling import BatchScaling
-from benchmark.config import (LARGE_PARAMS, REFERENCE_METHOD, Budget, Schedule, SuiteConfig, method_options_for, resolve_device,
+from benchmark.config import (LARGE_PARAMS, REFERENCE_METHOD, Budget, Schedule, SuiteConfig, method_grid, method_options_for,
+                              resolve_device,
                               validate)
 from benchmark.efficiency import measure_all, measure_train_step
 from benchmark.provenance import code_version, machine, versions
@@ -215,15 +216,17 @@ class SuiteRunner:
         return self.budget.pretrain_for(self.backbone_params, self.pretrain_task.name)
 
     def methods(self, name: str) -> list[Method]:
-        """Method `name` at each of `--ratio`'s ratios; one instance where the ratio changes nothing (dense)."""
+        """Method `name` at each of `--ratio`'s ratios and `--recipe`'s recipes; one instance where they
+        change nothing (dense)."""
         out: dict[str, Method] = {}
-        for ratio in self.cfg.ratios or (None,):
-            method = create_method(name, **method_options_for(name, self.cfg, ratio))
+        for ratio, recipe in method_grid(name, self.cfg):
+            method = create_method(name, **method_options_for(name, self.cfg, ratio, recipe))
             out.setdefault(json.dumps(method.describe(), sort_keys=True, default=str), method)
         return list(out.values())
 
     def student_stage(self, method: Method, teacher_hash: str) -> Stage:
-        spec = {"teacher": teacher_hash, **method.describe(),
+        settings = method.resolved(self.info)
+        spec = {"teacher": teacher_hash, **method.describe(), **({"settings": settings} if settings else {}),
                 "schedule": self.pretrain_schedule() if method.trains else None,
                 "seed": self.seed}
         return self.cache.stage(f"students/{self.cfg.backbone.replace(':', '_')}", method.name, spec)
@@ -352,6 +355,7 @@ class SuiteRunner:
             "backbone": cfg.backbone,
             "method": method.name + variant,
             "options": method.options_label(),
+            **({"recipe": method.recipe()} if method.recipe() else {}),
             "ratio": method.compression_ratio(self.info),
             "task": task.name,
             "seed": self.seed,
@@ -361,7 +365,7 @@ class SuiteRunner:
             "primary_metric": task.primary_metric,
             "higher_is_better": next(m.higher_is_better for m in task.metrics if m.name == task.primary_metric),
             "columns": columns,
-            "ablation": method.table_fields(),
+            "ablation": method.table_fields(self.info),
             "metrics": res.metrics,
             "efficiency": efficiency,
             **({"finetune": finetune} if task.fine_tunes else {}),
@@ -376,7 +380,9 @@ class SuiteRunner:
             "machine": machine(self.device),
             "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config_hash": stage.hash,
-            "config": {"suite": cfg.to_dict(), "method": method.describe(), "budget": asdict(self.budget),
+            "config": {"suite": cfg.to_dict(), "method": method.describe(),
+                       **({"settings": method.resolved(self.info)} if method.resolved(self.info) else {}),
+                       "budget": asdict(self.budget),
                        "schedule": asdict(schedule), "teacher_hash": teacher_hash, "student_hash": result.stage_hash},
         }
 

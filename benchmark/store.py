@@ -1,4 +1,4 @@
-"""The results store: one JSON line per backbone x method (with its options) x task x seed x teacher seed x
+"""The results store: one JSON line per backbone x method (with its options and recipe) x task x seed x teacher seed x
 provenance x budget.
 
 A row is replaced, never duplicated, when its stage runs again. Every write
@@ -32,7 +32,10 @@ def teacher_seed(row: dict[str, Any]) -> int:
 
 
 def row_id(row: dict[str, Any]) -> str:
-    return "/".join(str(teacher_seed(row) if k == "teacher_seed" else row.get(k, "")) for k in ROW_KEY_FIELDS)
+    """What a row is; a method's recipe (PELA's "official" or "paper") is part of it, so rows of different
+    recipes never replace each other."""
+    key = "/".join(str(teacher_seed(row) if k == "teacher_seed" else row.get(k, "")) for k in ROW_KEY_FIELDS)
+    return key + (f"/recipe={row['recipe']}" if row.get("recipe") else "")
 
 
 class ResultStore:

@@ -18,12 +18,14 @@ from benchmark.stats import ALPHA, summarize, welch_p
 from benchmark.store import teacher_seed
 from benchmark.tradeoff import pareto_optimal, shrinks
 from common.io import atomic_write_text
+from methods.pela_recipes import DEFAULT_RECIPE
 
 # (row path, column header, format). Each row also carries its task's own columns
 # (metrics and extras such as a fine-tune's batch), placed after the method's.
 LEAD_COLUMNS: list[tuple[str, str, str]] = [
     ("method", "method", "{}"),
     ("options", "options", "{}"),
+    ("recipe", "recipe", "{}"),  # PELA's: official or paper (results/paper/recipes.md)
 ]
 EFFICIENCY_COLUMNS: list[tuple[str, str, str]] = [
     ("efficiency.params_m", "params (M)", "{:.3f}"),
@@ -90,8 +92,15 @@ def _stale(row: dict[str, Any], current: dict[str, Any] | None) -> bool:
     return not same_code(row.get("code"), current)
 
 
+def variant_label(row: dict[str, Any]) -> str:
+    """A row's options, and its recipe where it is not the default one: what tells a method's lines apart."""
+    recipe = row.get("recipe")
+    return " ".join(filter(None, [row.get("options") or "",
+                                  f"recipe={recipe}" if recipe and recipe != DEFAULT_RECIPE else ""]))
+
+
 def _method_key(row: dict[str, Any]) -> tuple[str, str]:
-    return row["method"], row.get("options") or ""
+    return row["method"], variant_label(row)
 
 
 def reference_method(rows: list[dict[str, Any]]) -> str | None:
@@ -260,6 +269,10 @@ def render_markdown(rows: list[dict[str, Any]], current_code: dict[str, Any] | N
             "`kept %`: the line's mean score, parameters and GFLOPs as a share of the uncompressed model's. "
             "`Pareto`: the costs against which the line is Pareto-optimal among all lines of its section "
             "(no other line scores at least as well at no higher cost, better on one of the two).", ""]
+    if any(r.get("recipe") for r in rows):
+        out += [f"`recipe`: which of PELA's two recipes trained the line, the official code's ({DEFAULT_RECIPE}, "
+                "the default) or the paper's text; every point where they differ, with the file and line of the "
+                "official code: `paper/recipes.md`.", ""]
     if any(_stale(r, current_code) for r in rows):
         out += [f"{STALE_MARK} produced by another code version than this checkout's "
                 f"({code_label(current_code)}); delete the row's folder under `<out>/rows/` and run the suite "

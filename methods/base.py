@@ -61,6 +61,8 @@ class Method:
     # e.g. "pyramid" for dense heads) skips this method with the reason.
     lacks: ClassVar[dict[str, str]] = {}
     options_cls: ClassVar[type[MethodOptions]] = MethodOptions
+    # Options that `options_label` leaves out because the row shows them in a field of their own.
+    label_skips: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: MethodOptions) -> None:
         self.options = options
@@ -94,8 +96,18 @@ class Method:
             return None
         return float(self.options.ratio) if self.options.ratio is not None else info.paper_ratio
 
-    def table_fields(self) -> dict[str, Any]:
-        """Per-row flags the leaderboard shows for this method (PELA: which loss terms are on)."""
+    def table_fields(self, info: Any = None) -> dict[str, Any]:
+        """Per-row flags the leaderboard shows for this method on a backbone (`BackboneInfo`; PELA:
+        which loss terms its recipe turns on)."""
+        return {}
+
+    def recipe(self) -> str | None:
+        """The named recipe the method's settings come from (PELA: "official" or "paper"); None: it has none."""
+        return None
+
+    def resolved(self, info: Any) -> dict[str, Any]:
+        """The settings the method trains with on a backbone once its recipe is applied (saved with every
+        row and part of the student's stage hash); empty for a method whose options say it all."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -108,7 +120,8 @@ class Method:
     def options_label(self) -> str:
         """The options set away from this method's defaults, e.g. ``ratio=2`` (empty: the preset)."""
         defaults = asdict(self.options_cls(**_METHODS[self.name][1])) if self.name in _METHODS else {}
-        changed = {k: v for k, v in asdict(self.options).items() if defaults.get(k, v) != v}
+        changed = {k: v for k, v in asdict(self.options).items()
+                   if defaults.get(k, v) != v and k not in self.label_skips}
         return " ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in sorted(changed.items()))
 
     def describe(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from benchmark.provenance import code_label
 from common.io import atomic_write_text
 from reports import paper
 from reports.render import Part, Table, to_csv, to_latex, to_markdown
+from benchmark.tables import variant_label
 from reports.rows import Run, get, newest_source, select_run, stale, suggested_backbone, summary
 
 STALE = "\u2020"
@@ -157,7 +158,7 @@ def method_part(ctx: Context, table: paper.PaperTable, paper_backbone: str, metr
             label = f"({label}: ours only)"
         used = [r for t in tasks for r in ours_rows(t, method)]
         ctx.used += used
-        options = next((r.get("options") for r in used if r.get("options")), "")
+        options = next((variant_label(r) for r in used if variant_label(r)), "")
         ours_name = method + (f" ({options})" if options else "") + (f" {STALE}" if stale(used, ctx.newest) else "")
         cells = [label, ours_name]
         record: dict[str, Any] = {"table": table.number, "paper_backbone": paper_backbone, "paper_row": label,
@@ -230,6 +231,9 @@ def _build(number: int, slug: str, title: str, parts: list[tuple[Part, list, boo
     table = paper.TABLES[number]
     shown = [p for p, _, _ in parts]
     notes = list(footnotes)
+    if any(r.get("recipe") for r in ctx.used):
+        notes.append("PELA lines (pela, pela_no_fd, pela_no_rwp): the official code's recipe unless the line names "
+                     "`recipe=paper`; every point where the two differ: `../paper/recipes.md`.")
     if any(STALE in line[1] for p in shown for line in p.lines):
         notes.append(f"{STALE} ours ran other code than the newest row in this table ({code_label(ctx.newest)}); "
                      "rerun it to compare like with like.")

@@ -1,6 +1,6 @@
 """Everything a results folder publishes, rebuilt from its store: the leaderboard, the paper's
-tables beside ours and the figures. `tools/make_tables.py` runs it alone; `tools/run_suite.py`
-runs it after every suite."""
+tables beside ours, the figures, and where PELA's two recipes differ. `tools/make_tables.py` runs it
+alone; `tools/run_suite.py` runs it after every suite."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from benchmark.tables import write_leaderboard
 from reports.figures import write_figures
 from reports.paper_tables import write_tables
+from reports.recipes import write_recipes
 
 
 def publish(rows: list[dict[str, Any]], results_dir: str | Path, latex: bool = False) -> list[Path]:
@@ -17,4 +18,5 @@ def publish(rows: list[dict[str, Any]], results_dir: str | Path, latex: bool = F
     written = list(write_leaderboard(rows, results_dir))
     written += write_tables(rows, results_dir, latex=latex)
     written += write_figures(rows, results_dir)
+    written += write_recipes(results_dir)
     return written

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable
 from benchmark.provenance import same_code
 from benchmark.stats import Summary, summarize
 from benchmark.store import ResultStore, teacher_seed
-from benchmark.tables import get
+from benchmark.tables import get, variant_label
 from common.errors import PelaBenchError
 
 # What a report reads from every row; other fields are optional and shown as "-" when absent.
@@ -97,15 +97,15 @@ class Run:
         return self.backbone == self.paper_backbone
 
     def method_rows(self, method: str) -> list[dict[str, Any]]:
-        """A method's rows over seeds, with its default options; a method only run with options
-        (say a --ratio run) shows its most-seeded variant instead, named with them."""
+        """A method's rows over seeds, with its default options and recipe; a method only run with
+        options (say a --ratio run) or another recipe shows its most-seeded variant instead, named with them."""
         mine = [r for r in self.rows if r["method"] == method]
-        default = [r for r in mine if not r.get("options")]
+        default = [r for r in mine if not variant_label(r)]
         if default or not mine:
             return default
         variants: dict[str, list] = {}
         for r in mine:
-            variants.setdefault(r["options"], []).append(r)
+            variants.setdefault(variant_label(r), []).append(r)
         return max(sorted(variants.items()), key=lambda kv: len(kv[1]))[1]
 
     @property

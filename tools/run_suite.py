@@ -129,6 +129,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[SuiteConfig, bool]:
     p.add_argument("--ratio", type=_ratio_list, default=(), metavar="R,R,...",
                    help="compression ratio, or several for a sweep (Fig. 4: 1.5,2,3,5,10), each a student of every "
                         "factorising method (default: the backbone's paper preset)")
+    p.add_argument("--recipe", type=_csv, default=(), metavar="NAME,...",
+                   help="PELA's recipe: official (the official code's settings per backbone family; the default) "
+                        "or paper (the text's), or both for a row of each (results/paper/recipes.md)")
     p.add_argument("--data", action="append", default=[], metavar="TASK=DIR",
                    help="a task's data in its real on-disk format (cls: ImageNet folder, also the teacher's and "
                         "pre-training data; seg: ADE20K; det: COCO); default: the synthetic world")
@@ -203,7 +206,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SuiteConfig, bool]:
             method_names = tuple(m for m in method_names if method_class(m).takes_ratio)
             log.info("factorisation set: running %s", ", ".join(method_names))
     cfg = SuiteConfig(
-        backbone=a.backbone, methods=method_names, tasks=a.tasks, ratios=a.ratio, data=data,
+        backbone=a.backbone, methods=method_names, tasks=a.tasks, ratios=a.ratio, recipes=tuple(a.recipe), data=data,
         scale_batch=a.scale_batch, teacher_weights=a.teacher_weights, out=a.out, results=a.results,
         seeds=a.seeds or ((a.seed,) if a.seed is not None else d.seeds), teacher_seed=a.teacher_seed,
         budget=a.budget, device=a.device, method_options=options, checkpoint_minutes=a.checkpoint_minutes,

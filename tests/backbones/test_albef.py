@@ -203,7 +203,7 @@ def test_pela_on_albef_distils_three_groups_and_regularises_only_trained_layers(
 
     terms = method.loss(student, teacher, batch(teacher), ModelObjective("vlp"))
     assert {"loss", "base", "fd", "rwp"} <= set(terms) and terms["fd"] > 0
-    assert student.info.distill_weight == 0.1  # the official ALBEF weight, the preset when alpha is unset
+    assert method.settings(student.info).alpha == 0.1  # the official ALBEF weight, both recipes' alpha
     expected = terms["base"] + 0.1 * terms["fd"] + terms["rwp"]
     assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
 

@@ -80,8 +80,9 @@ def test_suite_end_to_end_then_resume_without_rework_and_never_from_the_store(cf
         assert {"python", "torch", "timm"} <= set(r["versions"])
     by = {r["method"]: r for r in rows}
     assert by["svd"]["efficiency"]["params_m"] < 0.6 * by["dense"]["efficiency"]["params_m"]
-    assert set(by["pela"]["loss_terms"]) == {"loss", "base", "fd", "rwp"}
-    assert by["pela"]["ablation"] == {"fd": True, "rwp": True}
+    assert set(by["pela"]["loss_terms"]) == {"loss", "base", "fd"}  # the official DeiT recipe: no weight perturbation
+    assert by["pela"]["recipe"] == "official"
+    assert by["pela"]["ablation"] == {"fd": True, "rwp": False}
     results = Path(cfg.results)
     board = (results / "leaderboard.md").read_text()
     assert "pela" in board and (results / "leaderboard.csv").is_file() and STALE_MARK not in board
@@ -375,6 +376,26 @@ def test_a_ratio_sweep_keeps_each_ratio_as_its_own_row_beside_the_preset(cfg):
         assert len(sims["classes"]) == len(sims["within_class"]) == len(sims["to_dense"]) == 16
     dense = next(r for r in stored if r["method"] == "dense")
     assert dense["analysis"]["feature_similarity"]["to_dense"] == pytest.approx([1.0] * 16, abs=1e-5)
+
+
+def test_each_recipe_is_its_own_row_and_records_what_it_trained_with(cfg):
+    cfg = cfg.with_(methods=("dense", "pela"), recipes=("official", "paper"))
+    rows = SuiteRunner(cfg, budget=TINY, progress=False).run()
+    # dense takes no recipe: one row; pela one row per recipe, the recipe a field and not an option
+    assert [(r["method"], r.get("recipe"), r["options"]) for r in rows] == [
+        ("dense", None, ""), ("pela", "official", ""), ("pela", "paper", "")]
+    official, paper = rows[1], rows[2]
+    # deit_micro is a ViT: the official DeiT scripts train without the weight perturbation
+    assert official["config"]["settings"]["beta"] == 0.0 and official["ablation"] == {"fd": True, "rwp": False}
+    assert "rwp" not in official["loss_terms"] and "rwp" in paper["loss_terms"]
+    assert paper["config"]["settings"] == {"alpha": 1.0, "beta": 1.0, "epsilon": 1e-3, "rwp_form": "linear",
+                                           "rwp_reduce": "sum", "fd_targets": "blocks"}
+    assert official["config"]["student_hash"] != paper["config"]["student_hash"]
+    stored = ResultStore(Path(cfg.results) / "results.jsonl").rows()
+    assert sorted(r.get("recipe") or "" for r in stored) == ["", "official", "paper"]  # neither replaced the other
+    md = (Path(cfg.results) / "leaderboard.md").read_text()
+    assert "| recipe |" in md and "recipe=paper" not in md.split("| recipe |")[0]
+    assert "paper/recipes.md" in md
 
 
 def test_cpu_sized_backbones_take_the_tasks_small_schedules(tmp_path):

@@ -80,7 +80,8 @@ def test_unknown_options_are_refused_before_types():
 @pytest.mark.parametrize("method,options,label", [
     ("pela", {}, ""),
     ("pela", {"ratio": 2.0}, "ratio=2.0"),
-    ("pela", {"beta": 1.0}, ""),  # set, but to the default
+    ("pela", {"beta": 1.0}, "beta=1.0"),  # set: it overrides the recipe's beta (0 on a ViT, officially)
+    ("pela", {"recipe": "paper"}, ""),  # the recipe is a row field and a column of its own
     ("pela", {"ratio": 2.0, "alpha": 0.5}, "alpha=0.5 ratio=2.0"),  # sorted by name
     ("pela", {"ratio": 2}, "ratio=2.0"),  # an integer for a float option is the same setting
     ("lora", {"train_head": False}, "train_head=false"),  # JSON, as --set reads it

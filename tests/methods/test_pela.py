@@ -47,25 +47,31 @@ def test_student_is_factorised_copy_teacher_untouched(teacher):
 
 
 def test_loss_terms_by_variant(teacher, batch, objective):
+    # On a ViT the official recipe (the DeiT scripts) has no weight perturbation; the paper's has both terms.
     names = {
-        "pela": {"loss", "base", "fd", "rwp"},
-        "pela_no_fd": {"loss", "base", "rwp"},
-        "pela_no_rwp": {"loss", "base", "fd"},
-        "svd_ft": {"loss", "base"},
+        ("pela", "paper"): {"loss", "base", "fd", "rwp"},
+        ("pela_no_fd", "paper"): {"loss", "base", "rwp"},
+        ("pela_no_rwp", "paper"): {"loss", "base", "fd"},
+        ("pela", "official"): {"loss", "base", "fd"},
+        ("pela_no_fd", "official"): {"loss", "base"},
+        ("svd_ft", None): {"loss", "base"},
     }
-    for name, expected in names.items():
-        m = create_method(name)
+    for (name, recipe), expected in names.items():
+        m = create_method(name, **({"recipe": recipe} if recipe else {}))
         terms = m.loss(m.build_student(teacher), teacher, batch, objective)
-        assert set(terms) == expected, name
+        assert set(terms) == expected, (name, recipe)
 
 
-def test_table_fields_show_which_terms_are_on():
-    assert create_method("pela").table_fields() == {"fd": True, "rwp": True}
-    assert create_method("pela_no_fd").table_fields() == {"fd": False, "rwp": True}
-    assert create_method("pela_no_rwp").table_fields() == {"fd": True, "rwp": False}
-    assert create_method("svd_ft").table_fields() == {"fd": False, "rwp": False}
-    assert create_method("pela", alpha=0.0).table_fields() == {"fd": False, "rwp": True}
-    assert create_method("svd").table_fields() == {} and create_method("tome").table_fields() == {}
+def test_table_fields_show_which_terms_are_on(teacher, swin_teacher):
+    vit, swin = teacher.info, swin_teacher.info
+    assert create_method("pela").table_fields(vit) == {"fd": True, "rwp": False}  # the DeiT scripts
+    assert create_method("pela").table_fields(swin) == {"fd": True, "rwp": True}  # the Swin script
+    assert create_method("pela", recipe="paper").table_fields(vit) == {"fd": True, "rwp": True}
+    assert create_method("pela_no_fd", recipe="paper").table_fields(vit) == {"fd": False, "rwp": True}
+    assert create_method("pela_no_rwp").table_fields(swin) == {"fd": True, "rwp": False}
+    assert create_method("svd_ft").table_fields(vit) == {"fd": False, "rwp": False}
+    assert create_method("pela", alpha=0.0, beta=1.0).table_fields(vit) == {"fd": False, "rwp": True}
+    assert create_method("svd").table_fields(vit) == {} and create_method("tome").table_fields(vit) == {}
 
 
 def test_total_is_weighted_sum(teacher, batch, objective):

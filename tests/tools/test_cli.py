@@ -63,6 +63,9 @@ def cli(run_suite, monkeypatch, capsys):
         (["--data", "cls=/no/such/imagenet"], "--data cls=/no/such/imagenet does not exist"),
         (["--teacher-weights", "/no/such/ckpt.pt"], "/no/such/ckpt.pt"),
         (["--ratio", "0.5"], "--ratio"),
+        (["--recipe", "mine"], "recipe 'mine': choose one of official, paper"),
+        (["--recipe", "paper,paper"], "--recipe lists a recipe twice"),
+        (["--methods", "dense,svd", "--recipe", "paper"], "--recipe applies to PELA's methods"),
         (["--set", "rwp_form=cubic"], "rwp_form"),
         (["--methods", "pela", "--set", "alpha=abc"], "option alpha='abc': pela expects a number or null"),
         (["--methods", "pela", "--set", "keep_full_rank=3"], "keep_full_rank"),
@@ -204,6 +207,12 @@ def test_seed_flags(run_suite):
     for bad in (["--seeds", "0,x"], ["--seed", "1", "--seeds", "2,3"]):
         with pytest.raises(SystemExit):
             run_suite.parse_args(bad)
+
+
+def test_recipe_flag_takes_one_or_both(run_suite):
+    assert run_suite.parse_args([])[0].recipes == ()  # the default recipe
+    assert run_suite.parse_args(["--recipe", "paper"])[0].recipes == ("paper",)
+    assert run_suite.parse_args(["--recipe", "official,paper", "--methods", "pela"])[0].recipes == ("official", "paper")
 
 
 def test_ratio_with_default_methods_runs_the_factorising_ones(run_suite):

@@ -46,7 +46,8 @@ def test_make_tables_writes_leaderboard_tables_and_figures_from_the_store(tmp_pa
     for expected in (results / "leaderboard.md", results / "leaderboard.csv", results / "tables" / "README.md",
                      results / "tables" / "table1_classification.md", results / "tables" / "table9_batch_scaling.csv",
                      results / "tables" / "table7_ablation.tex", results / "figures" / "README.md",
-                     results / "figures" / "tradeoff_cls_deit_micro_synthetic_smoke_t0.png"):
+                     results / "figures" / "tradeoff_cls_deit_micro_synthetic_smoke_t0.png",
+                     results / "paper" / "recipes.md"):
         assert expected in printed and expected.is_file(), expected
     table1 = (results / "tables" / "table1_classification.md").read_text()
     assert "| PELA | pela | 44.1 | 0.500 | 17 | 0.0500 | 81.0 | 87.00 ± 1.41 | -0.80 | -3.00 | 2 |" in table1
