@@ -249,7 +249,8 @@ def validate(cfg: SuiteConfig) -> None:
             check_recipe(recipe)
         if len(set(cfg.recipes)) != len(cfg.recipes):
             raise PelaBenchError(f"--recipe lists a recipe twice: {','.join(cfg.recipes)}")
-        takers = [n for n in cfg.methods if "recipe" in {f.name for f in fields(method_class(n).options_cls)}]
+        takers = [n for n in cfg.methods if "recipe" in {f.name for f in fields(method_class(n).options_cls)}
+                  and "recipe" not in pinned_options(n)]
         if not takers:
             raise PelaBenchError(f"--recipe applies to PELA's methods (pela, pela_no_fd, pela_no_rwp); none of "
                                  f"{', '.join(cfg.methods)} takes one")

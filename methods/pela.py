@@ -29,7 +29,7 @@ from torch import nn
 
 from common.errors import PelaBenchError
 from common.objective import Batch, Objective
-from methods.base import Method, MethodOptions, frozen_copy, register_method
+from methods.base import Method, MethodOptions, frozen_copy, pinned_options, register_method
 from methods.lowrank import factorize, lowrank_modules
 from methods.pela_recipes import (DEFAULT_RECIPE, RWP_FORMS, RWP_REDUCTIONS, PelaSettings, check_fd_targets,
                                   check_recipe, recipe_settings)
@@ -157,8 +157,9 @@ class Pela(Method):
         """The loss settings for a backbone (`BackboneInfo`): the recipe's, then the options set."""
         return self.options.settings(info)
 
-    def recipe(self) -> str:
-        return self.options.recipe
+    def recipe(self) -> str | None:
+        # A variant that fixes its recipe (svd_ft: no term either recipe sets) has none to show.
+        return None if self.name and "recipe" in pinned_options(self.name) else self.options.recipe
 
     def resolved(self, info: Any) -> dict[str, Any]:
         return self.settings(info).as_dict()

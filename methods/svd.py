@@ -12,8 +12,10 @@ from torch import nn
 from methods.base import Method, MethodOptions, frozen_copy, register_method
 from methods.lowrank import factorize
 from methods.pela import Pela
+from methods.pela_recipes import DEFAULT_RECIPE
 
-register_method("svd_ft", alpha=0.0, beta=0.0)(Pela)
+# With both terms off the two recipes train alike: the recipe is fixed, so a row of each is never built.
+register_method("svd_ft", alpha=0.0, beta=0.0, recipe=DEFAULT_RECIPE)(Pela)
 
 
 @register_method("svd")

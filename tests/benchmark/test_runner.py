@@ -379,12 +379,13 @@ def test_a_ratio_sweep_keeps_each_ratio_as_its_own_row_beside_the_preset(cfg):
 
 
 def test_each_recipe_is_its_own_row_and_records_what_it_trained_with(cfg):
-    cfg = cfg.with_(methods=("dense", "pela"), recipes=("official", "paper"))
+    cfg = cfg.with_(methods=("dense", "svd_ft", "pela"), recipes=("official", "paper"))
     rows = SuiteRunner(cfg, budget=TINY, progress=False).run()
-    # dense takes no recipe: one row; pela one row per recipe, the recipe a field and not an option
+    # dense takes no recipe, and svd_ft fixes its own (no term to set): one row each; pela one row per
+    # recipe, the recipe a field and not an option
     assert [(r["method"], r.get("recipe"), r["options"]) for r in rows] == [
-        ("dense", None, ""), ("pela", "official", ""), ("pela", "paper", "")]
-    official, paper = rows[1], rows[2]
+        ("dense", None, ""), ("svd_ft", None, ""), ("pela", "official", ""), ("pela", "paper", "")]
+    official, paper = rows[2], rows[3]
     # deit_micro is a ViT: the official DeiT scripts train without the weight perturbation
     assert official["config"]["settings"]["beta"] == 0.0 and official["ablation"] == {"fd": True, "rwp": False}
     assert "rwp" not in official["loss_terms"] and "rwp" in paper["loss_terms"]
@@ -392,7 +393,7 @@ def test_each_recipe_is_its_own_row_and_records_what_it_trained_with(cfg):
                                            "rwp_reduce": "sum", "fd_targets": "blocks"}
     assert official["config"]["student_hash"] != paper["config"]["student_hash"]
     stored = ResultStore(Path(cfg.results) / "results.jsonl").rows()
-    assert sorted(r.get("recipe") or "" for r in stored) == ["", "official", "paper"]  # neither replaced the other
+    assert sorted(r.get("recipe") or "" for r in stored) == ["", "", "official", "paper"]  # neither replaced the other
     md = (Path(cfg.results) / "leaderboard.md").read_text()
     assert "| recipe |" in md and "recipe=paper" not in md.split("| recipe |")[0]
     assert "paper/recipes.md" in md

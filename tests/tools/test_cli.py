@@ -65,7 +65,7 @@ def cli(run_suite, monkeypatch, capsys):
         (["--ratio", "0.5"], "--ratio"),
         (["--recipe", "mine"], "recipe 'mine': choose one of official, paper"),
         (["--recipe", "paper,paper"], "--recipe lists a recipe twice"),
-        (["--methods", "dense,svd", "--recipe", "paper"], "--recipe applies to PELA's methods"),
+        (["--methods", "dense,svd_ft", "--recipe", "paper"], "--recipe applies to PELA's methods"),
         (["--set", "rwp_form=cubic"], "rwp_form"),
         (["--methods", "pela", "--set", "alpha=abc"], "option alpha='abc': pela expects a number or null"),
         (["--methods", "pela", "--set", "keep_full_rank=3"], "keep_full_rank"),
