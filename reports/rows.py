@@ -96,10 +96,15 @@ class Run:
     def exact(self) -> bool:
         return self.backbone == self.paper_backbone
 
-    def method_rows(self, method: str) -> list[dict[str, Any]]:
+    def method_rows(self, method: str, recipe: str | None = None) -> list[dict[str, Any]]:
         """A method's rows over seeds, with its default options and recipe; a method only run with
-        options (say a --ratio run) or another recipe shows its most-seeded variant instead, named with them."""
+        options (say a --ratio run) or another recipe shows its most-seeded variant instead, named with them.
+        With `recipe`, that recipe's rows (default options) come first where the method has them."""
         mine = [r for r in self.rows if r["method"] == method]
+        if recipe is not None:
+            preferred = [r for r in mine if r.get("recipe") == recipe and not r.get("options")]
+            if preferred:
+                return preferred
         default = [r for r in mine if not variant_label(r)]
         if default or not mine:
             return default

@@ -115,6 +115,21 @@ def test_table7_takes_each_column_from_its_own_task_and_backbone(row):
     assert any(n.startswith("Ours (seg): `deit_base` (the paper's") for n in part.notes)
 
 
+def test_table7_shows_the_paper_recipe_where_the_store_has_it_and_table1_the_official(row):
+    rows = [row("dense", 90.0), row("svd", 50.0)]
+    rows += [row(m, s, recipe="official") for m, s in (("pela", 86.0), ("pela_no_fd", 84.0))]
+    rows += [row(m, s, recipe="paper") for m, s in (("pela", 87.5), ("pela_no_fd", 83.0))]
+    rows += [row("pela_no_rwp", 85.0, recipe="official")]  # no paper row: the official one stands
+    part = _part(_table(rows, 7), "DeiT-Base")
+    pela, no_fd, no_rwp = (_cells(part, m) for m in ("pela", "pela_no_fd", "pela_no_rwp"))
+    assert pela["ours"] == "pela (recipe=paper)" and pela["cls top-1 ours"] == "87.50"
+    assert no_fd["cls top-1 ours"] == "83.00" and no_rwp["ours"] == "pela_no_rwp" and no_rwp["cls top-1 ours"] == "85.00"
+    t7 = to_markdown(_table(rows, 7))
+    assert "../paper/recipes.md" in t7 and "the paper recipe's PELA lines" in t7
+    table1 = _part(_table(rows, 1), "DeiT-Base")
+    assert _cells(table1, "pela")["ours"] == "pela" and _cells(table1, "pela")["top-1 (%) ours"] == "86.00"
+
+
 def test_table8_reads_the_train_step_fields(row):
     def step(method, ms, mb):
         return row(method, 80.0, efficiency={"train_step_ms": ms, "train_peak_mb": mb, "train_batch": 64,
