@@ -14,9 +14,10 @@ from typing import Any
 
 from benchmark.stats import summarize
 from benchmark.store import teacher_seed
-from benchmark.tables import section_lines
+from benchmark.tables import section_lines, variant_label
 from benchmark.tradeoff import grows, pareto_optimal
 from common.io import atomic_write_bytes, atomic_write_text
+from methods.pela_recipes import DEFAULT_RECIPE
 from reports.rows import get, number, options_keys
 
 SWEEP_METHODS = ("pela", "svd", "svd_ft")
@@ -156,7 +157,8 @@ def summarize_cost(rows: list[dict[str, Any]], path: str) -> float | None:
 
 def _sweepable(row: dict[str, Any]) -> bool:
     return (row["method"] in SWEEP_METHODS and number(row.get("ratio")) is not None
-            and options_keys(row.get("options", "")) <= {"ratio"})
+            and options_keys(row.get("options", "")) <= {"ratio"}
+            and (row.get("recipe") or DEFAULT_RECIPE) == DEFAULT_RECIPE)
 
 
 def ratio_figures(rows: list[dict[str, Any]]) -> list[Figure]:
@@ -211,7 +213,7 @@ def _similarity(rows: list[dict[str, Any]], method: str, field: str) -> dict[str
     """Per class, the mean over seeds of one of the method's feature-similarity lists."""
     per_class: dict[str, list[float]] = {}
     for r in rows:
-        if r["method"] != method or r.get("options"):
+        if r["method"] != method or variant_label(r):  # the method at its defaults, its default recipe
             continue
         fs = get(r, "analysis.feature_similarity") or {}
         for cls, v in zip(fs.get("classes") or [], fs.get(field) or []):
