@@ -140,6 +140,14 @@ class SuiteConfig:
     checkpoint_minutes: float = 10.0
     checkpoint_steps: int = 0
     check_data: bool = False  # read every file of every data set before any training
+    # Scale-out (`benchmark.trainer.Layout`): the teacher's and every pre-training's batch per optimiser
+    # step (None: the budget's), the most samples one process holds per forward (None: all of its share;
+    # fewer means gradient accumulation), torch.compile, channels-last, loader workers (None: by device).
+    global_batch: int | None = None
+    micro_batch: int | None = None
+    compile: bool = False
+    channels_last: bool = False
+    workers: int | None = None
 
     def budget_preset(self) -> Budget:
         return BUDGET_PRESETS[self.budget]
@@ -294,5 +302,11 @@ def validate(cfg: SuiteConfig) -> None:
         raise PelaBenchError(f"--seeds must be distinct integers >= 0, got {','.join(map(str, cfg.seeds)) or 'none'}")
     if cfg.teacher_seed < 0:
         raise PelaBenchError(f"--teacher-seed must be >= 0, got {cfg.teacher_seed}")
+    for name in ("global_batch", "micro_batch"):
+        value = getattr(cfg, name)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise PelaBenchError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
+    if cfg.workers is not None and cfg.workers < 0:
+        raise PelaBenchError(f"--workers must be >= 0, got {cfg.workers}")
     if cfg.checkpoint_minutes < 0 or cfg.checkpoint_steps < 0:
         raise PelaBenchError("checkpoint intervals must be >= 0 (0: no intermediate checkpoints)")

@@ -5,6 +5,12 @@ under `cfg.out` next to the spec that produced it and reused when that spec's
 hash matches, so a killed run resumes at the first unfinished stage (training
 stages from their last checkpoint) and never writes a row twice. The runner
 knows no task, method or backbone by name: it asks their contracts.
+
+The grid is a list of `GridJob`s, one per student (a method instance at one seed)
+with all of its rows; `run` does them in turn, and `benchmark.launch` hands them
+to Slurm or local processes, each job first finding the shared data and teacher
+finished. Under torchrun every rank runs every stage (`common.distributed`);
+rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -22,16 +28,16 @@ import torch
 from torch import nn
 
 from backbones import Backbone, create_backbone
+from common import distributed
 from benchmark.batch_scaling import BatchScaling
-from benchmark.config import (LARGE_PARAMS, REFERENCE_METHOD, Budget, Schedule, SuiteConfig, method_grid, method_options_for,
-                              resolve_device,
-                              validate)
+from benchmark.config import (LARGE_PARAMS, REFERENCE_METHOD, Budget, Schedule, SuiteConfig, method_grid,
+                              method_options_for, resolve_device, validate)
 from benchmark.efficiency import measure_all, measure_train_step
 from benchmark.provenance import code_version, machine, versions
 from benchmark.stages import Stage, StageCache
 from benchmark.store import ResultStore
 from benchmark.tables import write_leaderboard
-from benchmark.trainer import Checkpointing, OptimConfig, train
+from benchmark.trainer import Checkpointing, Layout, OptimConfig, train
 from common.batch import move_to
 from common.errors import PelaBenchError
 from common.io import atomic_save_torch, atomic_write_text
@@ -45,6 +51,22 @@ log = logging.getLogger("pela_bench")
 
 CHECKPOINT = "checkpoint.pt"
 WORK_DIR = "work"  # a row's folder for the task's own files (`RunContext.work_dir`)
+
+
+@dataclass(frozen=True)
+class GridJob:
+    """One student of the grid: method `method` at (`ratio`, `recipe`) and student seed `seed`, with every
+    row it has (each task, each variant). Picklable: it is what a launcher ships to a job."""
+
+    method: str
+    seed: int
+    ratio: float | None = None
+    recipe: str | None = None
+
+    @property
+    def label(self) -> str:
+        extra = "".join(f" {k}={v}" for k, v in (("ratio", self.ratio), ("recipe", self.recipe)) if v is not None)
+        return f"{self.method}{extra} seed {self.seed}"
 
 
 @dataclass
@@ -64,15 +86,35 @@ class SuiteRunner:
     def __init__(self, cfg: SuiteConfig, *, budget: Budget | None = None, progress: bool = True) -> None:
         """`budget` replaces the named preset (custom schedules, tests); it is hashed like one."""
         validate(cfg)
+        self.world = distributed.init(cfg.device)
+        if self.world.size > 1 and cfg.scale_batch:
+            raise PelaBenchError("--scale-batch measures one process's training memory (Table 9): run it without "
+                                 "torchrun")
         self.cfg = cfg
-        self.budget = budget or cfg.budget_preset()
+        budget = budget or cfg.budget_preset()
+        if cfg.global_batch is not None:  # the teacher's and every pre-training's batch per optimiser step
+            budget = replace(budget, **{k: replace(getattr(budget, k), batch_size=cfg.global_batch)
+                                        for k in ("teacher", "pretrain", "teacher_large", "pretrain_large")
+                                        if getattr(budget, k) is not None},
+                             pretrain_on={t: replace(v, batch_size=cfg.global_batch)
+                                          for t, v in budget.pretrain_on.items()})
+        self.budget = budget
         self.cache = StageCache(cfg.out)
         self.store = ResultStore(Path(cfg.results) / "results.jsonl")
         self.device = resolve_device(cfg.device)
-        self.progress = progress
-        # One loader worker on CPU overlaps image decoding with compute; more would only
-        # take cores from the compute threads.
-        self.workers = 1 if self.device.type == "cpu" else min(8, os.cpu_count() or 1)
+        if self.device.type == "cuda" and self.world.size > 1:
+            self.device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (`distributed.init`)
+        self.progress = progress and self.world.main
+        self.layout = Layout(micro_batch=cfg.micro_batch, compile=cfg.compile, channels_last=cfg.channels_last)
+        if cfg.workers is not None:
+            self.workers = cfg.workers
+        elif self.device.type == "cpu":
+            # One loader worker on CPU overlaps image decoding with compute; more would only
+            # take cores from the compute threads.
+            self.workers = 1
+        else:  # the node's cores shared by its ranks
+            per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            self.workers = max(1, min(8, (os.cpu_count() or 1) // per_node))
         with torch.device("meta"):  # the metadata and size pick the schedules; no weights needed
             meta = create_backbone(cfg.backbone)
         self.info = meta.info
@@ -94,7 +136,8 @@ class SuiteRunner:
         # Memory peaks (Table 9) are measured once per task, under the first seed.
         self.scaling = BatchScaling(self.device, cfg.seeds[0])
         self._data: dict[str, TaskData] = {}
-        self._teacher: Backbone | None = None  # set by `run`; the reference of analyses that compare with it
+        self._teacher: Backbone | None = None  # set by `prepare`; the reference of analyses that compare with it
+        self._teacher_hash = ""
 
     def schedule(self, task: Task) -> Any:
         """The task's schedule under this run's budget, for this backbone's size."""
@@ -116,7 +159,7 @@ class SuiteRunner:
                 task.write_synthetic(folder, spec, self.cfg.teacher_seed, self.progress)
                 return {}
 
-            self.cache.run(stage, write)
+            self.cache.run(stage, write, collective=False)
             root = stage.dir
         data = task.load(Path(root), schedule, self.img_size)
         if self.cfg.check_data:
@@ -149,7 +192,7 @@ class SuiteRunner:
         history = train(model.parameters(), loss, task.train_split(self.data(task)), _optim(sched),
                         batch_size=sched.batch_size, seed=seed, workers=self.workers, modules=[model],
                         device=self.device, desc=desc, progress=self.progress, on_step=on_step,
-                        checkpoint=self._checkpointing(folder, method))
+                        checkpoint=self._checkpointing(folder, method), layout=self.layout)
         return history
 
     def _fit(self, work_dir: Path) -> Callable[..., list[dict[str, float]]]:
@@ -162,7 +205,7 @@ class SuiteRunner:
                          OptimConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs),
                          batch_size=batch_size, seed=self.seed, workers=self.workers, modules=[model],
                          device=self.device, desc=desc, progress=self.progress,
-                         checkpoint=self._checkpointing(work_dir))
+                         checkpoint=self._checkpointing(work_dir), layout=self.layout)
 
         return fit
 
@@ -198,13 +241,15 @@ class SuiteRunner:
                     return {"loss": objective.loss(output, b), **named}
 
                 history = self._train(model, loss, sched, folder, f"teacher {cfg.backbone}", cfg.teacher_seed)
-                atomic_save_torch(model.state_dict(), folder / "model.pt")
+                if distributed.is_main():
+                    atomic_save_torch(model.state_dict(), folder / "model.pt")
                 return {"history": history, "seconds": time.time() - start}
 
             if stage.done() is not None:
                 log.info("teacher: reusing %s", stage.dir)
             self.cache.run(stage, fit)
-            (stage.dir / CHECKPOINT).unlink(missing_ok=True)  # only once the stage is marked finished
+            if distributed.is_main():  # only once the stage is marked finished
+                (stage.dir / CHECKPOINT).unlink(missing_ok=True)
             model = create_backbone(cfg.backbone, weights=stage.dir / "model.pt", **overrides)
         model = model.to(self.device).eval()
         for p in model.parameters():
@@ -214,15 +259,6 @@ class SuiteRunner:
     # -- stages 2 and 3: compress, then pre-train ---------------------------------------------
     def pretrain_schedule(self) -> Schedule:
         return self.budget.pretrain_for(self.backbone_params, self.pretrain_task.name)
-
-    def methods(self, name: str) -> list[Method]:
-        """Method `name` at each of `--ratio`'s ratios and `--recipe`'s recipes; one instance where they
-        change nothing (dense)."""
-        out: dict[str, Method] = {}
-        for ratio, recipe in method_grid(name, self.cfg):
-            method = create_method(name, **method_options_for(name, self.cfg, ratio, recipe))
-            out.setdefault(json.dumps(method.describe(), sort_keys=True, default=str), method)
-        return list(out.values())
 
     def student_stage(self, method: Method, teacher_hash: str) -> Stage:
         settings = method.resolved(self.info)
@@ -252,14 +288,16 @@ class SuiteRunner:
                                   method.name, self.seed, method, on_step=lambda p: method.on_step(model, p))
             method.on_step(model, 1.0)
             model = method.finalize(model)
-            atomic_save_torch(model.state_dict(), folder / "model.pt")
+            if distributed.is_main():
+                atomic_save_torch(model.state_dict(), folder / "model.pt")
             trained.append(model)
             return {"history": history, "loss_terms": history[-1], "seconds": time.time() - start}
 
         if stage.done() is not None:
             log.info("%s: reusing pre-trained student %s", method.name, stage.dir)
         report = self.cache.run(stage, fit)
-        (stage.dir / CHECKPOINT).unlink(missing_ok=True)
+        if distributed.is_main():
+            (stage.dir / CHECKPOINT).unlink(missing_ok=True)
         if trained:
             model = trained[0]
         else:
@@ -295,8 +333,9 @@ class SuiteRunner:
             report = self.cache.run(stage, lambda folder: {"row": self._compute_row(
                 method, task, variant, student(), schedule, stage, teacher_hash)})
         # Only once the stage is marked finished: what was kept only to resume a killed fine-tune.
-        task.discard_resume_state(stage.dir / WORK_DIR)
-        (stage.dir / WORK_DIR / CHECKPOINT).unlink(missing_ok=True)
+        if distributed.is_main():
+            task.discard_resume_state(stage.dir / WORK_DIR)
+            (stage.dir / WORK_DIR / CHECKPOINT).unlink(missing_ok=True)
         row = report["row"]
         if row is None:
             log.info("%s%s / %s: no larger batch fits the uncompressed model's %.0f MB; no '+' row",
@@ -308,8 +347,9 @@ class SuiteRunner:
             row["finetune"].update(self.scaling.row_fields(task, memory))
             self.cache.update(stage, {"row": row})
         log.info("%s / %s: %s", row["method"], task.name, ", ".join(f"{k}={v:.2f}" for k, v in row["metrics"].items()))
-        self.store.put(row)
-        write_leaderboard(self.store.rows(), cfg.results)
+        if distributed.is_main():
+            self.store.put(row)
+            write_leaderboard(self.store.rows(), cfg.results)
         return row
 
     def _compute_row(self, method: Method, task: Task, variant: str, result: StudentResult, schedule: Any,
@@ -336,6 +376,8 @@ class SuiteRunner:
         ctx = RunContext(self.device, self.seed, work_dir, self.workers, self.progress, batch,
                          fit=self._fit(work_dir), reference=self._teacher)
         res = task.run(result.model, data, schedule, ctx)
+        if not distributed.is_main():  # rank 0's row is the one kept; timing every rank at once would skew it
+            return None
         efficiency = measure_all(task.measured_module(res),
                                  lambda n: task.example_inputs(data, schedule, res.model, n),
                                  latency_batch=self.budget.latency_batch_size,
@@ -373,6 +415,8 @@ class SuiteRunner:
             "train_seconds": res.seconds,
             "loss_terms": result.loss_terms,
             "pretrain_seconds": result.train_seconds,
+            "global_batch": self.pretrain_schedule().batch_size if method.trains else None,
+            "layout": self.layout_fields(),
             "device": str(self.device),
             "data": self.data_id(task),
             "versions": versions(),
@@ -399,43 +443,78 @@ class SuiteRunner:
         return measure_train_step(trainable_copy(student), lambda m: objective.loss(objective.forward(m, batch), batch),
                                   batch_size=sched.batch_size, repeats=10, warmup=3, device=self.device)
 
+    def layout_fields(self) -> dict[str, Any]:
+        """How this run split its global batches (not hashed: it changes no result beyond float order)."""
+        sched = self.pretrain_schedule()
+        micro, accumulate = self.layout.split(sched.batch_size, self.world.size, "pre-training")
+        return {"world_size": self.world.size, "micro_batch": micro, "accumulate": accumulate,
+                "compile": self.layout.compile, "channels_last": self.layout.channels_last}
+
     # -- the whole suite ----------------------------------------------------------------------
+    def jobs(self) -> list[GridJob]:
+        """The grid's students in run order: seed by seed, then method by method (with --scale-batch the
+        uncompressed model first, its training peak being the others' limit)."""
+        names = list(self.cfg.methods)
+        if self.cfg.scale_batch:
+            names.sort(key=lambda name: name != REFERENCE_METHOD)
+        jobs: list[GridJob] = []
+        for seed in self.cfg.seeds:
+            seen: set[str] = set()
+            for name in names:
+                for ratio, recipe in method_grid(name, self.cfg):
+                    options = method_options_for(name, self.cfg, ratio, recipe)
+                    key = json.dumps(create_method(name, **options).describe(), sort_keys=True, default=str)
+                    if key not in seen:  # one job where a ratio or recipe changes nothing (dense)
+                        seen.add(key)
+                        jobs.append(GridJob(name, seed, options.get("ratio"), options.get("recipe")))
+        return jobs
+
+    def prepare(self) -> tuple[Backbone, str]:
+        """The stages every job shares: each task's data, then the teacher (trained once, reused after)."""
+        if self._teacher is None:
+            for task in (self.pretrain_task, *self.tasks.values()):
+                self.data(task)  # bad data must stop the run before the teacher trains
+            self._teacher, self._teacher_hash = self.teacher()
+        return self._teacher, self._teacher_hash
+
     def run(self) -> list[dict[str, Any]]:
         """Every row of the grid, once per student seed; the data and the teacher are shared by all seeds."""
-        for task in (self.pretrain_task, *self.tasks.values()):
-            self.data(task)  # bad data must stop the run before the teacher trains
-        teacher, teacher_hash = self.teacher()
-        self._teacher = teacher
+        self.prepare()
         rows = []
-        for i, seed in enumerate(self.cfg.seeds, 1):
-            self.seed = seed
-            if len(self.cfg.seeds) > 1:
-                log.info("seed %d (%d of %d; teacher and data of seed %d)", seed, i, len(self.cfg.seeds),
-                         self.cfg.teacher_seed)
-            rows += self._grid(teacher, teacher_hash)
-        write_leaderboard(self.store.rows(), self.cfg.results)
+        for job in self.jobs():
+            rows += self.run_job(job)
+        if self.world.main:
+            self.store.merge()
+            write_leaderboard(self.store.rows(), self.cfg.results)
         return rows
 
-    def _grid(self, teacher: Backbone, teacher_hash: str) -> list[dict[str, Any]]:
-        names = list(self.cfg.methods)
-        if self.cfg.scale_batch:  # the uncompressed model first: its training peak is the others' limit
-            names.sort(key=lambda name: name != REFERENCE_METHOD)
+    def run_job(self, job: GridJob) -> list[dict[str, Any]]:
+        """One student's rows: every task it supports, every variant (Table 9's "+")."""
+        teacher, teacher_hash = self.prepare()
+        if job.seed != self.seed:
+            self.seed = job.seed
+            if len(self.cfg.seeds) > 1:
+                log.info("seed %d (teacher and data of seed %d)", job.seed, self.cfg.teacher_seed)
+        method = create_method(job.method, **method_options_for(job.method, self.cfg, job.ratio, job.recipe))
+        if (self.cfg.scale_batch and method.name != REFERENCE_METHOD
+                and any(t.fine_tunes and not self.scaling.has_reference(t) for t in self.tasks.values())):
+            # A job of its own (a launcher's) measures the reference peak itself, as the plain run did first.
+            self.run_job(replace(job, method=REFERENCE_METHOD, ratio=None, recipe=None))
+        cached: list[StudentResult] = []
+
+        def student() -> StudentResult:
+            if not cached:  # built only when some row needs it
+                cached.append(self.student(method, teacher, teacher_hash))
+            return cached[0]
+
         rows = []
-        for method in (m for name in names for m in self.methods(name)):
-            cached: list[StudentResult] = []
-
-            def student(method: Method = method, cached: list[StudentResult] = cached) -> StudentResult:
-                if not cached:  # built only when some row needs it
-                    cached.append(self.student(method, teacher, teacher_hash))
-                return cached[0]
-
-            for task in self.tasks.values():
-                reason = method.unsupported(task.needs)
-                if reason:
-                    log.info("%s / %s: skipped, %s", method.name, task.name, reason)
-                    continue
-                for variant in self.variants(method, task):
-                    row = self.row(method, task, variant, student, teacher_hash)
-                    if row is not None:
-                        rows.append(row)
+        for task in self.tasks.values():
+            reason = method.unsupported(task.needs)
+            if reason:
+                log.info("%s / %s: skipped, %s", method.name, task.name, reason)
+                continue
+            for variant in self.variants(method, task):
+                row = self.row(method, task, variant, student, teacher_hash)
+                if row is not None:
+                    rows.append(row)
         return rows

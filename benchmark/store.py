@@ -1,12 +1,21 @@
-"""The results store: one JSON line per backbone x method (with its options and recipe) x task x seed x teacher seed x
+"""The results store: one row per backbone x method (with its options and recipe) x task x seed x teacher seed x
 provenance x budget.
 
-A row is replaced, never duplicated, when its stage runs again. Every write
-happens under an exclusive lock on a sibling ``.lock`` file and rewrites the file
-atomically, so jobs writing at once never lose each other's rows and a killed
-run leaves the previous complete file. (`flock` locks are honoured on local
-disks and on NFS v4; on file systems without locking, give each job its own
-`--results` and merge the files afterwards.)
+Many jobs write rows at once (Slurm arrays, several suites sharing `--results`),
+often on network file systems where `flock` is not honoured. So no writer ever
+rewrites another's rows: each row is its own file, ``rows/<digest of its id>.json``,
+written to a unique temporary name and renamed into place (rename is atomic on
+POSIX file systems and on NFS, within one directory). A row that runs again
+replaces its own file; two rows can never share one; a writer killed mid-write
+leaves a temporary file that readers skip and the next merge removes once stale.
+
+``results.jsonl`` is the merged view every table reads: all row files, oldest
+first, written atomically by `merge` (after every row and at the end of a run or
+launch). A merge that raced a newer write may miss that row until the next merge
+catches up: the row files are the record, the merged file never loses one.
+
+A folder with only a ``results.jsonl`` (a store from before row files, or one
+copied by hand) is read as it is, and imported into row files on the first write.
 
 The store is what a run publishes: the suite never reads a row back from it to
 skip work; reuse comes from the stage outputs under `--out` (`benchmark.stages`).
@@ -14,16 +23,22 @@ skip work; reuse comes from the stage outputs under `--out` (`benchmark.stages`)
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import hashlib
 import json
+import logging
+import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 from common.errors import PelaBenchError
 from common.io import atomic_write_text
 
+log = logging.getLogger("pela_bench")
+
 ROW_KEY_FIELDS = ("backbone", "method", "options", "task", "seed", "teacher_seed", "provenance", "budget")
+ROWS_DIR = "rows"
+# A temporary file older than this is a killed writer's, never one still being written.
+STALE_TMP_SECONDS = 3600
 
 
 def teacher_seed(row: dict[str, Any]) -> int:
@@ -38,11 +53,45 @@ def row_id(row: dict[str, Any]) -> str:
     return key + (f"/recipe={row['recipe']}" if row.get("recipe") else "")
 
 
+def row_file_name(row: dict[str, Any]) -> str:
+    return hashlib.sha256(row_id(row).encode()).hexdigest()[:20] + ".json"
+
+
+def _order(row: dict[str, Any]) -> tuple[str, str]:
+    # When it was written, as the single-file store kept them (a rerun row moves to the end); the id breaks ties.
+    return str(row.get("timestamp", "")), row_id(row)
+
+
+def _dumps(row: dict[str, Any]) -> str:
+    return json.dumps(row, sort_keys=True)
+
+
 class ResultStore:
+    """`path` is the merged ``results.jsonl``; the row files live in ``rows/`` beside it."""
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.dir = self.path.parent / ROWS_DIR
 
     def rows(self) -> list[dict[str, Any]]:
+        """Every row, oldest first: the row files where they exist, else the merged file alone."""
+        if self.dir.is_dir():
+            return self._row_files()
+        return self._merged()
+
+    def _row_files(self) -> list[dict[str, Any]]:
+        rows = []
+        for path in sorted(self.dir.glob("*.json")):  # temporary files are dot-named: never matched
+            try:
+                rows.append(json.loads(path.read_text()))
+            except FileNotFoundError:
+                continue  # replaced between the listing and the read: its successor is read next time
+            except json.JSONDecodeError as exc:
+                raise PelaBenchError(f"{path} is not valid JSON ({exc.msg}); delete it or restore it from "
+                                     f"{self.path}") from None
+        return sorted(rows, key=_order)
+
+    def _merged(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
             return []
         rows = []
@@ -55,25 +104,61 @@ class ResultStore:
                 raise PelaBenchError(f"{self.path}:{n} is not valid JSON ({exc.msg})") from None
         return rows
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-    def put(self, row: dict[str, Any]) -> None:
+    def put(self, row: dict[str, Any], *, merge: bool = True) -> None:
+        """Write (or replace) one row; with `merge`, refresh ``results.jsonl`` after it."""
         missing = [k for k in (*ROW_KEY_FIELDS, "config_hash", "metrics") if k not in row]
         if missing:
             raise ValueError(f"result row lacks {missing}")
-        rid = row_id(row)
-        with self._locked():
-            rows = [r for r in self.rows() if row_id(r) != rid] + [row]
-            self._write(rows)
+        if not self.dir.is_dir():
+            self._import_merged()
+        atomic_write_text(self.dir / row_file_name(row), _dumps(row) + "\n")
+        if merge:
+            self.merge()
 
-    def _write(self, rows: Iterable[dict[str, Any]]) -> None:
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-        atomic_write_text(self.path, text)
+    def remove(self, row: dict[str, Any]) -> bool:
+        """Drop one row (a deliberate edit of the record); True if it was there."""
+        if not self.dir.is_dir():
+            self._import_merged()
+        try:
+            (self.dir / row_file_name(row)).unlink()
+        except FileNotFoundError:
+            return False
+        self.merge()
+        return True
+
+    def merge(self) -> Path:
+        """Write ``results.jsonl`` from the row files (atomically) and clear killed writers' leftovers."""
+        if not self.dir.is_dir():
+            self._import_merged()
+        rows = self._row_files()
+        atomic_write_text(self.path, "".join(_dumps(r) + "\n" for r in rows))
+        now = time.time()
+        for tmp in self.dir.glob(".*.tmp"):
+            try:
+                if now - tmp.stat().st_mtime > STALE_TMP_SECONDS:
+                    tmp.unlink()
+            except FileNotFoundError:
+                pass
+        return self.path
+
+    def _import_merged(self) -> None:
+        """Row files for a store that has only ``results.jsonl`` (written before row files existed)."""
+        rows = self._merged()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for row in rows:  # a later duplicate id replaces an earlier one, as the old store's put did
+            atomic_write_text(self.dir / row_file_name(row), _dumps(row) + "\n")
+        if rows:
+            log.info("results store: %d rows of %s written as row files in %s", len(rows), self.path, self.dir)
+
+    def write_all(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Replace the whole record with `rows` (a migration or a test's fixture; not for concurrent use)."""
+        rows = list(rows)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        keep = {row_file_name(r) for r in rows}
+        for path in self.dir.glob("*.json"):
+            if path.name not in keep:
+                path.unlink()
+        for row in rows:
+            atomic_write_text(self.dir / row_file_name(row), _dumps(row) + "\n")
+        self.merge()
+

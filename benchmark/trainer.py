@@ -11,10 +11,21 @@ on where a run was interrupted. A checkpoint (model, optimiser, scheduler, RNG
 states, step, loss history) is written atomically at a configurable interval; a
 killed run given the same checkpoint path continues from it and ends with the
 same weights as an uninterrupted one.
+
+Distributed (`common.distributed`): the model trains under
+DistributedDataParallel, each rank taking every world-th sample of the
+single-process order, so one step's samples over all ranks are exactly the
+single-process batch; with `accumulate` micro-batches per rank the step's
+gradients are summed before one optimiser step. The schedule's `batch_size` is
+the global batch either way, so results do not depend on how many GPUs shared
+it. Loss terms are averaged over ranks at every step (one all-reduce, which also
+carries rank 0's decision to checkpoint); rank 0 alone writes checkpoints,
+which hold every rank's random state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -29,6 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from common import distributed
 from common.batch import move_to
 from common.errors import PelaBenchError
 from common.io import atomic_save_torch
@@ -47,6 +59,32 @@ class OptimConfig:
     min_lr_ratio: float = 0.01
     clip_grad: float | None = 1.0
     amp: bool = True  # bf16 autocast, only where a GPU exists
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one optimiser step's global batch is split: over the ranks, then into micro-batches.
+
+    Neither changes what is computed (up to float summation order), so neither is part of a
+    stage's hash; `micro_batch` caps the samples one process holds at once (memory), and
+    accumulation makes up the rest of the global batch.
+    """
+
+    micro_batch: int | None = None  # None: global batch / world size, in one forward
+    compile: bool = False  # torch.compile the trained module (measured against eager: README)
+    channels_last: bool = False  # 4-D image batches and the model in channels-last memory format
+
+    def split(self, global_batch: int, world: int, desc: str) -> tuple[int, int]:
+        """(per-rank micro-batch, accumulation steps) for `global_batch` over `world` ranks."""
+        if global_batch % world:
+            raise PelaBenchError(f"{desc}: the global batch {global_batch} does not split over {world} processes; "
+                                 "choose --global-batch as a multiple of the number of processes")
+        per_rank = global_batch // world
+        cap = self.micro_batch or per_rank
+        if cap < 1:
+            raise PelaBenchError(f"--micro-batch must be >= 1, got {cap}")
+        accumulate = next(a for a in range(1, per_rank + 1) if per_rank % a == 0 and per_rank // a <= cap)
+        return per_rank // accumulate, accumulate
 
 
 @dataclass(frozen=True)
@@ -96,10 +134,15 @@ class SeededSamples(Dataset):
 
 
 class EpochSampler(Sampler):
-    """Yields ``(epoch, index)`` in an order drawn from (seed, epoch), from position `start` on."""
+    """Yields ``(epoch, index)`` in an order drawn from (seed, epoch), from position `start` on.
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed = n, seed
+    As torch's DistributedSampler, rank r of a world of w takes every w-th position from
+    r on; unlike it, the order does not depend on w, so the samples of one global batch
+    are the same whatever the number of ranks.
+    """
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -107,11 +150,11 @@ class EpochSampler(Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
-        for index in order[self.start:].tolist():
+        for index in order[self.start + self.rank::self.world].tolist():
             yield self.epoch, index
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return len(range(self.start + self.rank, self.n, self.world))
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -132,6 +175,27 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+class _LossModule(nn.Module):
+    """The trained modules with the loss as their forward, so DistributedDataParallel can wrap a loss
+    that reaches the model any way it likes (hooks, several calls, a teacher beside it)."""
+
+    def __init__(self, modules: list[nn.Module], loss_fn: LossFn) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(modules)
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        return self.loss_fn(batch)
+
+
+def _channels_last(batch: Any) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch
+    if isinstance(batch, Mapping):
+        return {k: _channels_last(v) for k, v in batch.items()}
+    return batch
+
+
 def train(
     params: Iterable[nn.Parameter],
     loss_fn: LossFn,
@@ -147,9 +211,11 @@ def train(
     progress: bool = True,
     on_step: Callable[[float], None] | None = None,
     checkpoint: Checkpointing | None = None,
+    layout: Layout = Layout(),
 ) -> list[dict[str, float]]:
     """Optimise `params` on `loss_fn` over `data` (samples as dicts); returns per-epoch means of every term.
 
+    `batch_size` is the global batch of one optimiser step (`layout` says how it is split).
     `modules` are put in train mode and are what a checkpoint saves (the trainable
     model); anything else the loss touches (a frozen teacher) stays as the caller
     left it. `on_step(progress)` runs before every step with progress = step / total
@@ -160,6 +226,10 @@ def train(
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
+    world = distributed.world()
+    micro, accumulate = layout.split(batch_size, world.size, desc)
+    if world.size > 1 and not modules:
+        raise ValueError(f"{desc}: distributed training needs the trained modules (`modules`) to wrap")
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]  # biases and norms, as in timm
     opt = torch.optim.AdamW(
@@ -173,6 +243,10 @@ def train(
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, total, warmup, cfg.min_lr_ratio))
     use_amp = cfg.amp and device.type == "cuda"
+    if world.size > 1 and world.rank > 0:
+        # Each rank its own dropout and drop-path draws; sample augmentation is seeded per sample
+        # (`SeededSamples`) and a method's own generator per run, so both stay as in one process.
+        torch.manual_seed(sample_seed(seed, 2**20 + world.rank, 0))
 
     history: list[dict[str, float]] = []
     sums: dict[str, float] = {}
@@ -188,64 +262,109 @@ def train(
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step, history, sums, seen = state["step"], state["history"], state["sums"], state["seen"]
-        _set_rng_state(state["rng"], device)
+        rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        if len(rng) == world.size:
+            _set_rng_state(rng[world.rank], device)
+        else:  # saved by a run of another world size: data order and weights carry over, dropout draws do not
+            log.warning("%s: checkpoint of %d process(es) resumed by %d; dropout draws restart", desc, len(rng),
+                        world.size)
+            _set_rng_state(rng[0], device)
+            if world.rank > 0:
+                torch.manual_seed(sample_seed(seed, 2**20 + world.rank, step))
         if checkpoint.extra_state is not None:
             checkpoint.extra_state[1](state["extra"])
         log.info("%s: resuming from step %d of %d (%s)", desc, step, total, checkpoint.path)
 
     def save() -> None:
+        rng = distributed.gather(_rng_state(device))  # collective: every rank reaches it at the same step
+        if not world.main:
+            return
         atomic_save_torch({
             "total": total, "step": step, "history": history, "sums": sums, "seen": seen,
             "modules": [m.state_dict() for m in modules], "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "rng": _rng_state(device),
+            "scheduler": sched.state_dict(), "rng": rng if world.size > 1 else rng[0],
             "extra": checkpoint.extra_state[0]() if checkpoint.extra_state is not None else {},
         }, checkpoint.path)
 
-    sampler = EpochSampler(len(data), seed)
+    sampler = EpochSampler(len(data), seed, world.rank, world.size)
     # The loader's own generator only seeds its workers, which `SeededSamples` overrides per
     # sample; it keeps the loader from drawing on the global stream at each epoch start.
-    loader = DataLoader(SeededSamples(data, seed), batch_size=batch_size, sampler=sampler, drop_last=True,
+    loader = DataLoader(SeededSamples(data, seed), batch_size=micro, sampler=sampler, drop_last=True,
                         num_workers=workers, persistent_workers=workers > 0, generator=torch.Generator(),
                         pin_memory=device.type == "cuda")
     for m in modules:
         m.train()
+        if layout.channels_last:
+            m.to(memory_format=torch.channels_last)
+    forward: Callable[[Mapping[str, Any]], dict[str, torch.Tensor]] = loss_fn
+    ddp: nn.Module | None = None
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # find_unused_parameters: students whose graph changes in training (PC-LoRA's faded weights,
+        # heads a loss term skips) would otherwise stall the gradient reduction.
+        ddp = DistributedDataParallel(_LossModule(modules, loss_fn),
+                                      device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=True)
+        forward = ddp
+    if layout.compile:
+        forward = torch.compile(forward)
     last_save = time.monotonic()
-    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, leave=False, dynamic_ncols=True,
-               mininterval=1.0)
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress or not world.main, leave=False,
+               dynamic_ncols=True, mininterval=1.0)
     try:
         while step < total:
             epoch, offset = divmod(step, steps_per_epoch)
             sampler.set_epoch(epoch, offset * batch_size)
-            for batch in loader:
-                if step >= total:
-                    break
-                batch = move_to(batch, device)
+            batches = iter(loader)
+            while step < total:
+                micro_batches = [b for _, b in zip(range(accumulate), batches)]
+                if len(micro_batches) < accumulate:
+                    break  # the epoch's last, partial global batch is dropped, as by a single process
                 if on_step is not None:
                     on_step(step / total)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    terms = loss_fn(batch)
-                loss = terms["loss"]
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}")
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                local: dict[str, torch.Tensor] = {}
+                for i, batch in enumerate(micro_batches):
+                    batch = move_to(batch, device)
+                    if layout.channels_last:
+                        batch = _channels_last(batch)
+                    # Gradients are reduced over ranks once per step, on the last micro-batch.
+                    sync = ddp.no_sync() if ddp is not None and i < accumulate - 1 else contextlib.nullcontext()
+                    with sync:
+                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                            terms = forward(batch)
+                        (terms["loss"] / accumulate).backward()
+                    for k, v in terms.items():
+                        local[k] = local.get(k, 0) + v.detach().float() / accumulate
+                names = sorted(local)
+                want_save = checkpoint is not None and step + 1 < total and bool(
+                    (checkpoint.every_steps and (step + 1) % checkpoint.every_steps == 0)
+                    or (checkpoint.every_seconds and time.monotonic() - last_save >= checkpoint.every_seconds))
+                # One all-reduce: the terms' means over ranks and rank 0's checkpoint decision.
+                on = local["loss"].device
+                packed = torch.stack([local[k].reshape(()).to(on) for k in names]
+                                     + [torch.tensor(float(want_save and world.main), device=on)])
+                packed = distributed.all_reduce_sum(packed).cpu()
+                values = dict(zip(names, (packed[:-1] / world.size).tolist()))
+                want_save = bool(packed[-1] > 0)
+                if not math.isfinite(values["loss"]):
+                    raise FloatingPointError(f"{desc}: loss became {values['loss']} at step {step}")
                 if cfg.clip_grad:
                     nn.utils.clip_grad_norm_(params, cfg.clip_grad)
                 opt.step()
                 sched.step()
                 step += 1
                 seen += 1
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v
                 bar.update(1)
                 bar.set_postfix({k: f"{v / seen:.3f}" for k, v in sums.items()}, refresh=False)
                 if step % steps_per_epoch == 0 or step == total:
                     history.append({k: v / max(1, seen) for k, v in sums.items()})
                     log.debug("%s epoch %d: %s", desc, len(history), history[-1])
                     sums, seen = {}, 0
-                if checkpoint is not None and step < total and (
-                        (checkpoint.every_steps and step % checkpoint.every_steps == 0)
-                        or (checkpoint.every_seconds and time.monotonic() - last_save >= checkpoint.every_seconds)):
+                if want_save:
                     save()
                     last_save = time.monotonic()
     finally:

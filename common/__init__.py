@@ -1,5 +1,5 @@
 """Small pieces shared by every layer: user-facing errors, atomic file writes, seeding,
-parameter counting, and the shape of a base objective.
+parameter counting, the shape of a base objective, and the distributed helpers.
 
 `common` sits below `backbones` in the import order, so any layer may use it and it
 imports none of them.

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets as tv_datasets
 from torchvision.transforms import v2
 
+from common import distributed
 from common.errors import PelaBenchError
 from tasks.images import LabelledImages, load_rgb, to_normalized
 from tasks.base import Metric, RunContext, Task, TaskData, TaskResult, check_files, register_task
@@ -167,8 +168,7 @@ class ClassificationTask(Task):
         return {"num_classes": len(data.content.classes)}
 
     def run(self, student: nn.Module, data: TaskData, schedule: ClassificationSchedule, ctx: RunContext) -> TaskResult:
-        loader = DataLoader(DictSamples(data.content.val), batch_size=schedule.eval_batch_size, shuffle=False,
-                            num_workers=ctx.workers, pin_memory=ctx.device.type == "cuda")
+        loader = eval_loader(DictSamples(data.content.val), schedule.eval_batch_size, ctx)
         analysis = {}
         if ctx.reference is not None and hasattr(student, "pooled_features"):
             reference = self._reference_features(ctx.reference, loader, ctx.device)
@@ -195,16 +195,17 @@ class ClassificationTask(Task):
 
     @torch.inference_mode()
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu") -> dict[str, float]:
+        """Top-1/top-5 over `loader`'s batches and, in a distributed run, every other rank's (`eval_loader`)."""
         model.eval()
-        correct1 = correct5 = total = 0
+        counts = []  # per batch: (top-1 hits, top-5 hits, images); summed over every rank's batches
         for batch in loader:
             images, labels = batch["image"].to(device), batch["label"].to(device)
             logits = model(images)
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
             hits = top.eq(labels[:, None])
-            correct1 += hits[:, 0].sum().item()
-            correct5 += hits.any(dim=1).sum().item()
-            total += labels.numel()
+            counts.append((hits[:, 0].sum().item(), hits.any(dim=1).sum().item(), labels.numel()))
+        counts = distributed.gather_batches(counts)
+        correct1, correct5, total = (sum(c[i] for c in counts) for i in range(3))
         if total == 0:
             raise PelaBenchError("the evaluation split is empty")
         return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total}
@@ -213,13 +214,21 @@ class ClassificationTask(Task):
 @torch.inference_mode()
 def pooled_features(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu"
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every image's pooled feature (`Backbone.pooled_features`), unit length, and its label."""
+    """Every image's pooled feature (`Backbone.pooled_features`), unit length, and its label (every rank's
+    shard of `loader`, gathered in order)."""
     model.eval()
-    feats, labels = [], []
+    parts = []
     for batch in loader:
-        feats.append(F.normalize(model.pooled_features(batch["image"].to(device)).float(), dim=1).cpu())
-        labels.append(batch["label"])
-    return torch.cat(feats), torch.cat(labels)
+        parts.append((F.normalize(model.pooled_features(batch["image"].to(device)).float(), dim=1).cpu(),
+                      batch["label"]))
+    parts = distributed.gather_batches(parts)
+    return torch.cat([f for f, _ in parts]), torch.cat([y for _, y in parts])
+
+
+def eval_loader(dataset: Dataset, batch_size: int, ctx: RunContext) -> DataLoader:
+    """The evaluation batches of this rank (all of them in a single process), in the single-process order."""
+    return DataLoader(dataset, batch_sampler=distributed.shard_batches(len(dataset), batch_size),
+                      num_workers=ctx.workers, pin_memory=ctx.device.type == "cuda")
 
 
 def feature_similarity(student: tuple[torch.Tensor, torch.Tensor], reference: tuple[torch.Tensor, torch.Tensor],
