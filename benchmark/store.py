@@ -133,7 +133,7 @@ class ResultStore:
         rows = self._row_files()
         atomic_write_text(self.path, "".join(_dumps(r) + "\n" for r in rows))
         now = time.time()
-        for tmp in self.dir.glob(".*.tmp"):
+        for tmp in [*self.dir.glob(".*.tmp"), *self.path.parent.glob(f".{self.path.name}.*.tmp")]:
             try:
                 if now - tmp.stat().st_mtime > STALE_TMP_SECONDS:
                     tmp.unlink()

@@ -291,7 +291,7 @@ def train(
     # sample; it keeps the loader from drawing on the global stream at each epoch start.
     loader = DataLoader(SeededSamples(data, seed), batch_size=micro, sampler=sampler, drop_last=True,
                         num_workers=workers, persistent_workers=workers > 0, generator=torch.Generator(),
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", worker_init_fn=distributed.loader_worker_init)
     for m in modules:
         m.train()
         if layout.channels_last:

@@ -153,3 +153,13 @@ def gather_batches(mine: Sequence[T]) -> list[T]:
     for b in range(sum(len(part) for part in every)):
         out.append(every[b % w.size][b // w.size])
     return out
+
+
+def loader_worker_init(worker_id: int) -> None:
+    """A DataLoader worker leaves the job's preemption signal (USR2, sent by Slurm to every process of a
+    job step) to its main process: it inherits submitit's handler, and two processes checkpointing one
+    job at once break its requeue."""
+    import signal
+
+    if hasattr(signal, "SIGUSR2"):
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)

@@ -228,7 +228,8 @@ def pooled_features(model: nn.Module, loader: DataLoader, device: torch.device |
 def eval_loader(dataset: Dataset, batch_size: int, ctx: RunContext) -> DataLoader:
     """The evaluation batches of this rank (all of them in a single process), in the single-process order."""
     return DataLoader(dataset, batch_sampler=distributed.shard_batches(len(dataset), batch_size),
-                      num_workers=ctx.workers, pin_memory=ctx.device.type == "cuda")
+                      num_workers=ctx.workers, pin_memory=ctx.device.type == "cuda",
+                      worker_init_fn=distributed.loader_worker_init)
 
 
 def feature_similarity(student: tuple[torch.Tensor, torch.Tensor], reference: tuple[torch.Tensor, torch.Tensor],

@@ -9,22 +9,25 @@ classification, in about five minutes on a 2-core CPU.
 runs UperNet and Cascade Mask R-CNN for the uncompressed model, PELA, plain SVD
 and every baseline that applies, on synthetic ADE20K/COCO-format scenes unless
 --data seg=DIR / --data det=DIR point at the real data sets.
+
+    torchrun --nproc_per_node 8 tools/run_suite.py ...     one job on 8 GPUs (DDP)
+    python tools/run_suite.py --launcher slurm --slurm-partition gpu --gpus-per-job 8 ...
+                                                           the grid as Slurm jobs (submitit)
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import logging
-import sys
 import time
+from typing import NamedTuple
 from pathlib import Path
 
 from _cli import run_main
 
 from benchmark.config import BUDGETS, SuiteConfig
+from benchmark.plugins import import_plugin
 from common.errors import PelaBenchError
 
 log = logging.getLogger("pela_bench")
@@ -68,26 +71,6 @@ def _pairs(pairs: list[str], flag: str, parse_json: bool) -> dict:
     return out
 
 
-def import_plugin(spec: str) -> None:
-    """Import a module by dotted name or a Python file by path, so its tasks/methods/backbones register."""
-    path = Path(spec)
-    try:
-        if spec.endswith(".py") or path.is_file():
-            if not path.is_file():
-                raise PelaBenchError(f"--import {spec}: no such file")
-            module_spec = importlib.util.spec_from_file_location(f"pela_bench_plugin_{path.stem}", path)
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[module_spec.name] = module
-            module_spec.loader.exec_module(module)
-        else:
-            importlib.import_module(spec)
-    except PelaBenchError:
-        raise
-    except Exception as exc:  # the plugin's own error: name the plugin, keep the trace in the debug log
-        log.debug("--import %s failed", spec, exc_info=True)
-        raise PelaBenchError(f"--import {spec}: {type(exc).__name__}: {exc}") from None
-
-
 def default_methods(tasks: tuple[str, ...], every: tuple[str, ...]) -> tuple[str, ...]:
     """Every method, unless every task names its paper table's methods: then the union of those."""
     from tasks import create_task
@@ -117,7 +100,21 @@ def applicable(backbone: str, methods: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(kept)
 
 
+class Parsed(NamedTuple):
+    cfg: SuiteConfig
+    quiet: bool
+    launch: "LaunchConfig | None"  # None: run here, in this process (or these torchrun processes)
+    imports: tuple[str, ...]
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[SuiteConfig, bool]:
+    parsed = parse(argv)
+    return parsed.cfg, parsed.quiet
+
+
+def parse(argv: list[str] | None = None) -> Parsed:
+    from benchmark.launch import LAUNCHERS, LaunchConfig
+
     d = SuiteConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default=d.backbone,
@@ -159,6 +156,33 @@ def parse_args(argv: list[str] | None = None) -> tuple[SuiteConfig, bool]:
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda[:N] (default: %(default)s)")
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, e.g. --set alpha=0.5 --set rwp_form=linear")
+    scale = p.add_argument_group("scale-out (README: one GPU, torchrun, multi-node, Slurm)")
+    scale.add_argument("--global-batch", type=int, default=None, metavar="N",
+                       help="the teacher's and every pre-training's batch per optimiser step (default: the budget's); "
+                            "split over the processes, then into micro-batches")
+    scale.add_argument("--micro-batch", type=int, default=None, metavar="N",
+                       help="at most N samples per process and forward; the rest of a process's share of the global "
+                            "batch is reached by gradient accumulation (default: all of it at once)")
+    scale.add_argument("--compile", action="store_true", help="torch.compile the trained model")
+    scale.add_argument("--channels-last", action="store_true", help="channels-last images and weights in training")
+    scale.add_argument("--workers", type=int, default=None,
+                       help="data loader workers per process (default: 1 on CPU, up to 8 per GPU)")
+    scale.add_argument("--launcher", choices=LAUNCHERS, default="none",
+                       help="none: run here (under torchrun: one DDP job); local or slurm: the grid as jobs through "
+                            "submitit, one per student, after one for the data and the teacher")
+    scale.add_argument("--slurm-partition", default=None)
+    scale.add_argument("--slurm-account", default=None)
+    scale.add_argument("--gpus-per-job", type=int, default=None,
+                       help="GPUs per node of each job, one process each (default: 1 with slurm, 0 local)")
+    scale.add_argument("--nodes", type=int, default=1, help="nodes per job (default: %(default)s)")
+    scale.add_argument("--time-min", type=int, default=240,
+                       help="each job's time limit in minutes; a job that reaches it is requeued and resumes "
+                            "(default: %(default)s)")
+    scale.add_argument("--cpus-per-task", type=int, default=None)
+    scale.add_argument("--max-parallel", type=int, default=None,
+                       help="jobs at once (default: 1 local, no limit on Slurm)")
+    scale.add_argument("--slurm-set", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other sbatch option, e.g. --slurm-set qos=high --slurm-set constraint=a100")
     p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes,
                    help="training stages save a resumable checkpoint this often (default: %(default)s; 0: never)")
     p.add_argument("--checkpoint-steps", type=int, default=d.checkpoint_steps,
@@ -210,26 +234,71 @@ def parse_args(argv: list[str] | None = None) -> tuple[SuiteConfig, bool]:
         scale_batch=a.scale_batch, teacher_weights=a.teacher_weights, out=a.out, results=a.results,
         seeds=a.seeds or ((a.seed,) if a.seed is not None else d.seeds), teacher_seed=a.teacher_seed,
         budget=a.budget, device=a.device, method_options=options, checkpoint_minutes=a.checkpoint_minutes,
-        checkpoint_steps=a.checkpoint_steps, check_data=a.check_data,
+        checkpoint_steps=a.checkpoint_steps, check_data=a.check_data, global_batch=a.global_batch,
+        micro_batch=a.micro_batch, compile=a.compile, channels_last=a.channels_last, workers=a.workers,
     )
-    return cfg, a.quiet
+    launch = None
+    if a.launcher != "none":
+        slurm = a.launcher == "slurm"
+        launch = LaunchConfig(
+            launcher=a.launcher, partition=a.slurm_partition, account=a.slurm_account,
+            gpus_per_job=a.gpus_per_job if a.gpus_per_job is not None else int(slurm), nodes=a.nodes,
+            time_min=a.time_min, cpus_per_task=a.cpus_per_task,
+            max_parallel=a.max_parallel if a.max_parallel is not None else (0 if slurm else 1),
+            slurm_extra=_pairs(a.slurm_set, "--slurm-set", parse_json=False))
+        launch.check()
+    elif a.slurm_partition or a.slurm_account or a.slurm_set or a.gpus_per_job is not None:
+        raise PelaBenchError("--slurm-* and --gpus-per-job apply to --launcher slurm (or local)")
+    return Parsed(cfg, a.quiet, launch, tuple(a.imports))
 
 
 def main() -> int:
-    cfg, quiet = parse_args()
-    from benchmark.runner import SuiteRunner
+    parsed = parse()
+    cfg = parsed.cfg
+    from benchmark.store import ResultStore
+    from common import distributed
 
     start = time.time()
-    runner = SuiteRunner(cfg, progress=not quiet)
-    rows = runner.run()
+    if parsed.launch is not None:
+        from benchmark.launch import launch
+
+        if distributed.launched():
+            raise PelaBenchError("--launcher starts its own processes: run it with python, not torchrun")
+        store = ResultStore(Path(cfg.results) / "results.jsonl")
+        try:
+            rows = launch(cfg, parsed.launch, imports=parsed.imports)
+        except PelaBenchError:
+            _publish(cfg, store, start, None)  # what the finished jobs wrote is published even if some failed
+            raise
+        _publish(cfg, store, start, len(rows))
+        return 0
+    from benchmark.runner import SuiteRunner
+
+    try:
+        rows = SuiteRunner(cfg, progress=not parsed.quiet).run()
+        if distributed.is_main():
+            _publish(cfg, ResultStore(Path(cfg.results) / "results.jsonl"), start, len(rows))
+    finally:
+        if distributed.world().size > 1:
+            distributed.barrier()
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+def _publish(cfg: SuiteConfig, store: "ResultStore", start: float, n_rows: int | None) -> None:
     from reports.publish import publish
     from reports.rows import load_rows
 
+    if not store.rows():
+        return
+    store.merge()
     # The whole store, not only this run's rows: the tables put every backbone's runs side by side.
-    written = publish(load_rows(Path(cfg.results) / "results.jsonl"), cfg.results)
-    log.info("%d rows in %.0f s; leaderboard: %s/leaderboard.md; %d tables and figures under %s", len(rows),
-             time.time() - start, cfg.results, len(written), cfg.results)
-    return 0
+    written = publish(load_rows(store.path), cfg.results)
+    if n_rows is not None:
+        log.info("%d rows in %.0f s; leaderboard: %s/leaderboard.md; %d tables and figures under %s", n_rows,
+                 time.time() - start, cfg.results, len(written), cfg.results)
 
 
 if __name__ == "__main__":
