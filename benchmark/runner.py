@@ -87,6 +87,8 @@ class SuiteRunner:
         """`budget` replaces the named preset (custom schedules, tests); it is hashed like one."""
         validate(cfg)
         self.world = distributed.init(cfg.device)
+        if not self.world.main:  # rank 0 speaks for the job; the others only warn
+            log.setLevel(max(log.getEffectiveLevel(), logging.WARNING))
         if self.world.size > 1 and cfg.scale_batch:
             raise PelaBenchError("--scale-batch measures one process's training memory (Table 9): run it without "
                                  "torchrun")

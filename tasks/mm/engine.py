@@ -20,6 +20,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
+from common import distributed
 from common.errors import PelaBenchError
 from tasks.base import Column, RunContext, Task, TaskData, TaskResult, trainable_copy
 from tasks import synthetic as scenes
@@ -158,6 +159,10 @@ def fit_and_test(*, model: nn.Module, scope: str, schedule: MMSchedule, train_lo
     )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    world = distributed.world()
+    if world.size > 1 and device.type == "cuda":
+        # Batch statistics over every GPU's images, as the paper's multi-GPU fine-tunes (gloo has no SyncBN).
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
     # An explicit cuda:N also becomes the current device, which mmengine's AMP and logging assume.
     on_index = torch.cuda.device(device) if device.type == "cuda" and device.index is not None else nullcontext()
@@ -177,7 +182,10 @@ def fit_and_test(*, model: nn.Module, scope: str, schedule: MMSchedule, train_lo
             log_processor=dict(by_epoch=s.by_epoch),
             default_scope=scope,
             randomness=dict(seed=seed),
-            env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl")),
+            # Under torchrun mmengine joins the suite's process group (`common.distributed`) and shards
+            # the loaders and the evaluation itself.
+            launcher="pytorch" if world.size > 1 else "none",
+            env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl" if device.type == "cuda" else "gloo")),
             log_level="INFO" if progress else "WARNING",
             resume=True,
             experiment_name=f"{scope}-{work_dir.name}-{time.strftime('%Y%m%d_%H%M%S')}-{id(model)}",
@@ -308,7 +316,16 @@ class MMTask(Task):
         set_random_seed(ctx.seed)  # the heads are initialised from the global RNG
         model = self.build_model(trainable_copy(student).to(ctx.device), data, schedule)
         freeze_backbone_if_fixed(model, schedule)
-        train, test = self.loaders(data, schedule, workers=ctx.workers, train_batch=ctx.train_batch)
+        batch = ctx.train_batch or schedule.batch_size
+        world = distributed.world().size
+        if batch % world:
+            raise PelaBenchError(f"{self.name}: the fine-tune's batch {batch} does not split over {world} processes")
+        if world > 1 and batch // world < 2 and ctx.device.type != "cuda":
+            # The heads' BatchNorm needs two images per process; SyncBN, which would pool them, is CUDA-only.
+            raise PelaBenchError(f"{self.name}: batch {batch} over {world} CPU processes leaves {batch // world} image "
+                                 "per process, too few for BatchNorm (SyncBN needs GPUs): run it in one process")
+        # mmengine's batch is per process; the schedule's is the global one, whatever the number of GPUs.
+        train, test = self.loaders(data, schedule, workers=ctx.workers, train_batch=batch // world)
         fit = fit_and_test(model=model, scope=self.scope, schedule=schedule, train_loader=train, test_loader=test,
                            evaluator=self.evaluator(data, schedule), work_dir=ctx.work_dir, seed=ctx.seed,
                            device=ctx.device, progress=ctx.progress)

@@ -45,6 +45,12 @@ class DeviceRunner(Runner):
         return logger
 
     def wrap_model(self, model_wrapper_cfg: dict | None, model: nn.Module) -> nn.Module:
+        if self.distributed and self.suite_device.type == "cpu" and not is_model_wrapper(model):
+            # mmengine's wrapper assumes a GPU per rank (device_ids=[LOCAL_RANK]); a CPU module takes none.
+            from mmengine.model import MMDistributedDataParallel
+
+            return MMDistributedDataParallel(module=model.to(self.suite_device), device_ids=None,
+                                             find_unused_parameters=True)
         if self.distributed or is_model_wrapper(model):
             return super().wrap_model(model_wrapper_cfg, model)
         return revert_sync_batchnorm(model.to(self.suite_device))
