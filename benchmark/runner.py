@@ -328,7 +328,7 @@ class SuiteRunner:
         scaling = cfg.scale_batch and task.fine_tunes
         if scaling and method.name == REFERENCE_METHOD and not self.scaling.has_reference(task):
             self.scaling.set_reference(task, student().model, self.data(task), schedule)
-        report = stage.done()
+        report = distributed.broadcast(stage.done())  # rank 0's view: every rank takes the same branch
         if report is not None:
             log.info("%s%s / %s: row exists in %s, reused", method.name, variant, task.name, stage.dir)
         else:

@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from common.errors import PelaBenchError
 from common.io import atomic_write_text
@@ -115,17 +115,6 @@ class ResultStore:
         if merge:
             self.merge()
 
-    def remove(self, row: dict[str, Any]) -> bool:
-        """Drop one row (a deliberate edit of the record); True if it was there."""
-        if not self.dir.is_dir():
-            self._import_merged()
-        try:
-            (self.dir / row_file_name(row)).unlink()
-        except FileNotFoundError:
-            return False
-        self.merge()
-        return True
-
     def merge(self) -> Path:
         """Write ``results.jsonl`` from the row files (atomically) and clear killed writers' leftovers."""
         if not self.dir.is_dir():
@@ -149,16 +138,3 @@ class ResultStore:
             atomic_write_text(self.dir / row_file_name(row), _dumps(row) + "\n")
         if rows:
             log.info("results store: %d rows of %s written as row files in %s", len(rows), self.path, self.dir)
-
-    def write_all(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Replace the whole record with `rows` (a migration or a test's fixture; not for concurrent use)."""
-        rows = list(rows)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        keep = {row_file_name(r) for r in rows}
-        for path in self.dir.glob("*.json"):
-            if path.name not in keep:
-                path.unlink()
-        for row in rows:
-            atomic_write_text(self.dir / row_file_name(row), _dumps(row) + "\n")
-        self.merge()
-
