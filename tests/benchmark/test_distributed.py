@@ -148,3 +148,11 @@ def test_gradient_accumulation_reaches_the_weights_of_the_whole_batch():
     assert h_acc[-1]["loss"] == pytest.approx(h_whole[-1]["loss"], rel=1e-5)
     halved, _ = _fit(batch=8)
     assert ((whole - halved).norm() / whole.norm()).item() > 1e-3  # the tolerance tells a wrong batch apart
+
+
+@pytest.mark.slow
+def test_compiled_training_reaches_the_eager_weights():
+    """`--compile` (about 20 s of compilation on this CPU for the toy model; hence slow)."""
+    eager, _ = _fit()
+    compiled, _ = _fit(Layout(compile=True))
+    assert ((eager - compiled).norm() / eager.norm()).item() < 1e-5
