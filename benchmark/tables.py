@@ -275,8 +275,8 @@ def render_markdown(rows: list[dict[str, Any]], current_code: dict[str, Any] | N
                 "official code: `paper/recipes.md`.", ""]
     if any(_stale(r, current_code) for r in rows):
         out += [f"{STALE_MARK} produced by another code version than this checkout's "
-                f"({code_label(current_code)}); delete the row's folder under `<out>/rows/` and run the suite "
-                "again to recompute it.", ""]
+                f"({code_label(current_code)}); delete the row's stage folder under `<out>/rows/` (the stage "
+                "cache, not the store's `rows/`) and run the suite again to recompute it.", ""]
     for provenance in ("real", "synthetic"):
         prov_rows = [r for r in rows if r.get("provenance") == provenance]
         if not prov_rows:
