@@ -71,7 +71,7 @@ class Layout:
     """
 
     micro_batch: int | None = None  # None: global batch / world size, in one forward
-    compile: bool = False  # torch.compile the trained module (measured against eager: README)
+    compile: bool = False  # torch.compile the trained module (same weights as eager; speed unmeasured here)
     channels_last: bool = False  # 4-D image batches and the model in channels-last memory format
 
     def split(self, global_batch: int, world: int, desc: str) -> tuple[int, int]:
