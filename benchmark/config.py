@@ -116,6 +116,9 @@ class SuiteConfig:
     # PELA's recipes (`methods.pela_recipes`: "official", "paper"), each a student of every method that
     # takes one; empty: the default recipe. Methods without a recipe run once.
     recipes: tuple[str, ...] = ()
+    # Method option -> values, each a student of every method that takes the option, crossed with the
+    # ratios, the recipes and each other (`--sweep init=svd,whitened --sweep params=0.9,0.5`).
+    sweeps: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     # Task name -> data root in the task's real on-disk format; a task without one gets
     # the synthetic world, generated under `out`. The backbone's pre-training task's root
     # also feeds the teacher and every pre-training.
@@ -196,9 +199,9 @@ def resolve_device(name: str) -> "torch.device":
 
 
 def method_options_for(name: str, cfg: SuiteConfig, ratio: float | None = None,
-                       recipe: str | None = None) -> dict[str, Any]:
-    """The `--set` options (and `ratio`, one of `--ratio`'s; `recipe`, one of `--recipe`'s) that method
-    `name` takes.
+                       recipe: str | None = None, sweep: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The `--set` options (and `ratio`, one of `--ratio`'s; `recipe`, one of `--recipe`'s; `sweep`, one
+    point of the `--sweep` grid) that method `name` takes.
 
     Options a variant fixes are left to it: `--set alpha=0.5` changes PELA's alpha,
     while `pela_no_fd` keeps its alpha of 0 (that is what the row means).
@@ -211,12 +214,22 @@ def method_options_for(name: str, cfg: SuiteConfig, ratio: float | None = None,
         opts["ratio"] = ratio
     if recipe is not None and "recipe" in known:
         opts["recipe"] = recipe
+    opts.update({k: v for k, v in (sweep or {}).items() if k in known})
     return opts
 
 
-def method_grid(name: str, cfg: SuiteConfig) -> list[tuple[float | None, str | None]]:
-    """The (ratio, recipe) pairs method `name` runs at: every `--ratio` by every `--recipe`."""
-    return [(ratio, recipe) for ratio in (cfg.ratios or (None,)) for recipe in (cfg.recipes or (None,))]
+def method_grid(name: str, cfg: SuiteConfig) -> list[tuple[float | None, str | None, dict[str, Any]]]:
+    """The (ratio, recipe, sweep point) triples method `name` runs at: every `--ratio` by every `--recipe`
+    by every combination of the `--sweep` values of the options it takes."""
+    from methods import method_class, pinned_options
+
+    known = {f.name for f in fields(method_class(name).options_cls)} - set(pinned_options(name))
+    points: list[dict[str, Any]] = [{}]
+    for key, values in cfg.sweeps.items():
+        if key in known:
+            points = [{**p, key: v} for p in points for v in values]
+    return [(ratio, recipe, point) for ratio in (cfg.ratios or (None,)) for recipe in (cfg.recipes or (None,))
+            for point in points]
 
 
 def validate(cfg: SuiteConfig) -> None:
@@ -269,8 +282,18 @@ def validate(cfg: SuiteConfig) -> None:
     if unused:
         raise PelaBenchError(f"option(s) {', '.join(sorted(unused))} apply to none of the methods "
                              f"{', '.join(cfg.methods)} (variants such as pela_no_fd fix their own)")
-    methods = [create_method(name, **method_options_for(name, cfg, ratio, recipe)) for name in cfg.methods
-               for ratio, recipe in method_grid(name, cfg)]
+    for key, values in cfg.sweeps.items():
+        if not values or len(set(map(repr, values))) != len(values):
+            raise PelaBenchError(f"--sweep {key}: give distinct values, e.g. --sweep {key}=A,B")
+        if key in cfg.method_options:
+            raise PelaBenchError(f"--sweep {key} and --set {key} both set option {key}; give one")
+        if key in ("ratio", "recipe"):
+            raise PelaBenchError(f"--sweep {key}: use --{key}, which sweeps it already")
+        if not any(key in {f.name for f in fields(method_class(n).options_cls)} - set(pinned_options(n))
+                   for n in cfg.methods):
+            raise PelaBenchError(f"--sweep {key} applies to none of the methods {', '.join(cfg.methods)}")
+    methods = [create_method(name, **method_options_for(name, cfg, ratio, recipe, point)) for name in cfg.methods
+               for ratio, recipe, point in method_grid(name, cfg)]
     known_data = {t.name for t in tasks} | {pretrain.name}
     seen: dict[str, str] = {}
     for key, root in cfg.data.items():

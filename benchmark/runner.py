@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from backbones import Backbone, create_backbone
 from common import distributed
@@ -44,6 +45,8 @@ from common.io import atomic_save_torch, atomic_write_text
 from common.params import count_params
 from common.seed import seed_everything
 from methods import Method, create_method
+from methods.calibration import Calibration, collect_calibration
+from methods.lowrank import eligible_linears
 from tasks import RunContext, Task, TaskData, canonical_task_name, create_task
 from tasks.base import trainable_copy
 
@@ -62,10 +65,12 @@ class GridJob:
     seed: int
     ratio: float | None = None
     recipe: str | None = None
+    sweep: tuple[tuple[str, Any], ...] = ()  # this student's point of the `--sweep` grid
 
     @property
     def label(self) -> str:
-        extra = "".join(f" {k}={v}" for k, v in (("ratio", self.ratio), ("recipe", self.recipe)) if v is not None)
+        pairs = (("ratio", self.ratio), ("recipe", self.recipe), *self.sweep)
+        extra = "".join(f" {k}={v}" for k, v in pairs if v is not None)
         return f"{self.method}{extra} seed {self.seed}"
 
 
@@ -269,12 +274,41 @@ class SuiteRunner:
                 "seed": self.seed}
         return self.cache.stage(f"students/{self.cfg.backbone.replace(':', '_')}", method.name, spec)
 
+    def calibration(self, batches: int, teacher: Backbone, teacher_hash: str) -> Calibration:
+        """The teacher's layer-input statistics over `batches` pre-training batches: one stage per
+        (teacher, data, batches), shared by every method and option that asks for them."""
+        task, sched = self.pretrain_task, self.pretrain_schedule()
+        spec = {"teacher": teacher_hash, "data": self.data_id(task), "batches": batches,
+                "batch_size": sched.batch_size, "seed": self.cfg.teacher_seed}
+        stage = self.cache.stage(f"calibration/{self.cfg.backbone.replace(':', '_')}", "inputs", spec)
+
+        def collect(folder: Path) -> dict[str, Any]:
+            start = time.time()
+            loader = torch.utils.data.DataLoader(task.train_split(self.data(task)), batch_size=sched.batch_size,
+                                                 shuffle=True, num_workers=self.workers,
+                                                 generator=torch.Generator().manual_seed(self.cfg.teacher_seed))
+            objective = task.objective()
+            first = (b for _, b in zip(range(batches), loader))
+            names = [n for n, _ in eligible_linears(teacher, ())]  # every linear: any keep_full_rank works
+            bar = (lambda it: tqdm(it, total=batches, desc="calibration", leave=False)) if self.progress else iter
+            calib = collect_calibration(teacher, names, (move_to(b, self.device) for b in first),
+                                        lambda b: objective.forward(teacher, b), bar)
+            calib.save(folder / "calibration.pt")
+            log.info("calibration: input statistics of %d layers over %d samples in %.1f s", len(names),
+                     calib.samples, time.time() - start)
+            return {"samples": calib.samples, "layers": len(names), "seconds": time.time() - start}
+
+        self.cache.run(stage, collect, collective=False)
+        return Calibration.load(stage.dir / "calibration.pt")
+
     def student(self, method: Method, teacher: Backbone, teacher_hash: str) -> StudentResult:
         stage = self.student_stage(method, teacher_hash)
+        batches = method.calibration_batches()
+        calibration = self.calibration(batches, teacher, teacher_hash) if batches else None
         # Seeded before building: adapters and heads are initialised from the global RNG,
         # which must not depend on which earlier stages ran in this process or were resumed.
         seed_everything(self.seed)
-        student = method.build_student(teacher)
+        student = method.build_student(teacher, calibration)
         if not method.trains:
             return StudentResult(student.eval(), stage.hash, {}, 0.0)
         sched = self.pretrain_schedule()
@@ -463,12 +497,13 @@ class SuiteRunner:
         for seed in self.cfg.seeds:
             seen: set[str] = set()
             for name in names:
-                for ratio, recipe in method_grid(name, self.cfg):
-                    options = method_options_for(name, self.cfg, ratio, recipe)
+                for ratio, recipe, point in method_grid(name, self.cfg):
+                    options = method_options_for(name, self.cfg, ratio, recipe, point)
                     key = json.dumps(create_method(name, **options).describe(), sort_keys=True, default=str)
                     if key not in seen:  # one job where a ratio or recipe changes nothing (dense)
                         seen.add(key)
-                        jobs.append(GridJob(name, seed, options.get("ratio"), options.get("recipe")))
+                        jobs.append(GridJob(name, seed, options.get("ratio"), options.get("recipe"),
+                                            tuple(sorted(point.items()))))
         return jobs
 
     def prepare(self) -> tuple[Backbone, str]:
@@ -497,11 +532,12 @@ class SuiteRunner:
             self.seed = job.seed
             if len(self.cfg.seeds) > 1:
                 log.info("seed %d (teacher and data of seed %d)", job.seed, self.cfg.teacher_seed)
-        method = create_method(job.method, **method_options_for(job.method, self.cfg, job.ratio, job.recipe))
+        method = create_method(job.method, **method_options_for(job.method, self.cfg, job.ratio, job.recipe,
+                                                                dict(job.sweep)))
         if (self.cfg.scale_batch and method.name != REFERENCE_METHOD
                 and any(t.fine_tunes and not self.scaling.has_reference(t) for t in self.tasks.values())):
             # A job of its own (a launcher's) measures the reference peak itself, as the plain run did first.
-            self.run_job(replace(job, method=REFERENCE_METHOD, ratio=None, recipe=None))
+            self.run_job(replace(job, method=REFERENCE_METHOD, ratio=None, recipe=None, sweep=()))
         cached: list[StudentResult] = []
 
         def student() -> StudentResult:

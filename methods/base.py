@@ -71,8 +71,15 @@ class Method:
     def check_backbone(info: Any) -> None:
         """Raise `PelaBenchError` if the method cannot apply to a backbone (`BackboneInfo`)."""
 
-    def build_student(self, teacher: nn.Module) -> nn.Module:
+    def build_student(self, teacher: nn.Module, calibration: Any = None) -> nn.Module:
+        """The student, from the frozen teacher; `calibration` (`methods.calibration.Calibration`) is the
+        teacher's layer-input statistics, collected by the suite where `calibration_batches` asks for them."""
         raise NotImplementedError
+
+    def calibration_batches(self) -> int:
+        """How many training batches of layer-input statistics `build_student` needs (0: none)."""
+        needs = getattr(self.options, "needs_calibration", None)
+        return self.options.calib_batches if needs is not None and needs() else 0
 
     def on_step(self, student: nn.Module, progress: float) -> None:
         """Called before every training step with progress in [0, 1), and with 1.0 at the end."""
@@ -94,6 +101,8 @@ class Method:
         """The ratio the student is factorised at (the backbone's preset unless set); None: not factorised."""
         if not self.takes_ratio:
             return None
+        if getattr(self.options, "params", None) is not None or getattr(self.options, "flops", None) is not None:
+            return None  # sized by a budget: no single ratio describes it (the row's params do)
         return float(self.options.ratio) if self.options.ratio is not None else info.paper_ratio
 
     def table_fields(self, info: Any = None) -> dict[str, Any]:
@@ -129,6 +138,10 @@ class Method:
         if opts.get("keep_full_rank") is None:
             # Absent at its default, so results stored before the option existed keep their config hash.
             opts.pop("keep_full_rank", None)
+        own_defaults = getattr(self.options, "defaults", None)
+        for key, value in (own_defaults() if own_defaults is not None else {}).items():
+            if opts.get(key) == value:  # likewise the low-rank start's options (`methods.factorized`)
+                opts.pop(key)
         return {"method": self.name, **opts}
 
 

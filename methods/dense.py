@@ -15,7 +15,7 @@ class Dense(Method):
 
     trains = False
 
-    def build_student(self, teacher: nn.Module) -> nn.Module:
+    def build_student(self, teacher: nn.Module, calibration: Any = None) -> nn.Module:
         return teacher
 
     def describe(self) -> dict[str, Any]:

@@ -10,6 +10,8 @@ them: frozen backbone plus adapters, so LoRA rows are larger than the dense mode
 
 from __future__ import annotations
 
+from typing import Any
+
 import re
 from dataclasses import dataclass
 
@@ -56,7 +58,7 @@ class Lora(Method):
         if not info.adapter_targets:
             raise PelaBenchError(f"lora does not apply to {info.name}: the backbone names no adapter targets")
 
-    def build_student(self, teacher: nn.Module) -> nn.Module:
+    def build_student(self, teacher: nn.Module, calibration: Any = None) -> nn.Module:
         from peft import LoraConfig, inject_adapter_in_model  # heavy import, only when used
 
         opts: LoraOptions = self.options

@@ -7,20 +7,38 @@ compression ratio kappa: ``r = floor(d_in * d_out / (kappa * (d_in + d_out)))``,
 which makes the factorised layer about 1/kappa of the dense one.
 
 PELA, plain SVD and PC-LoRA's end state all use `LowRankLinear` and `factorize`.
+
+Beyond the paper, the start is an option (`init`): ``svd`` truncates W itself; the
+data-aware starts truncate ``W S`` for an input scaling S and map the factors back
+with S^-1, so what is minimised is the error on the layer's real inputs:
+
+- ``whitened`` (SVD-LLM): S S^T = E[x x^T] + damping, a Cholesky factor (an
+  eigen-decomposition where the damped moment is still not positive definite);
+  ``||(W - W') S||_F`` is then exactly the layer's output error on the calibration rows;
+- ``asvd`` (ASVD): S = diag(E|x|)^0.5, which protects the input channels that carry
+  large activations.
+
+Per-layer ranks come from `methods.rank_alloc`; `factorize` takes them as a dict.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import math
-from typing import Iterable, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Literal
 
 import torch
 from torch import nn
 
 from common.errors import PelaBenchError
 
+if TYPE_CHECKING:
+    from methods.calibration import Calibration, LayerStats
+
 SvdSolver = Literal["gram", "exact"]
+INITS = ("svd", "whitened", "asvd")
+ASVD_ALPHA = 0.5  # ASVD's exponent on the mean |x|: its paper's best on LLaMA, and a square root's mildness
 
 
 def lowrank_rank(d_in: int, d_out: int, ratio: float) -> int:
@@ -75,8 +93,10 @@ class LowRankLinear(nn.Module):
         self.up = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, rank: int, solver: SvdSolver = "gram") -> "LowRankLinear":
-        """Initialise from a dense layer by truncated SVD with sqrt(Sigma) on both factors."""
+    def from_linear(cls, linear: nn.Linear, rank: int, solver: SvdSolver = "gram",
+                    scaling: "InputScaling | None" = None) -> "LowRankLinear":
+        """Initialise from a dense layer by truncated SVD with sqrt(Sigma) on both factors: of W itself,
+        or of ``W S`` for an input `scaling` S, with S^-1 folded into the down factor."""
         w = linear.weight
         # Built on the meta device and then given storage: the default init would be overwritten anyway.
         layer = cls(linear.in_features, linear.out_features, rank, bias=linear.bias is not None,
@@ -84,11 +104,15 @@ class LowRankLinear(nn.Module):
         layer.requires_grad_(w.requires_grad)  # a frozen layer (an EMA copy) stays frozen
         if w.device.type == "meta":
             return layer
-        p, s, qh = truncated_svd(w, rank, solver)
+        target = w if scaling is None else (w.double() @ scaling.forward).float()
+        p, s, qh = truncated_svd(target, rank, solver)
         root = s.sqrt()
+        down = root[:, None] * qh
+        if scaling is not None:
+            down = (down.double() @ scaling.inverse).to(w.dtype)
         with torch.no_grad():
             layer.up.weight.copy_(p * root[None, :])
-            layer.down.weight.copy_(root[:, None] * qh)
+            layer.down.weight.copy_(down)
             if linear.bias is not None:
                 layer.up.bias.copy_(linear.bias)
         return layer
@@ -102,6 +126,43 @@ class LowRankLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+@dataclass(frozen=True)
+class InputScaling:
+    """S and S^-1 (d_in x d_in, float64) of a data-aware start: the layer's error is ``||(W - W') S||_F``."""
+
+    forward: torch.Tensor
+    inverse: torch.Tensor
+    method: str  # how S was obtained: "cholesky", "eigh" or "diagonal"
+
+
+def input_scaling(init: str, stats: "LayerStats", damping: float = 0.01) -> InputScaling | None:
+    """The scaling of `init` from one layer's calibration statistics (None for plain ``svd``).
+
+    `damping` is relative: ``damping x mean(diag E[x x^T])`` is added to the diagonal, so that
+    an input channel that was constant on the calibration rows does not blow S^-1 up.
+    """
+    if init == "svd":
+        return None
+    if init == "asvd":
+        scale = stats.mean_abs.double().clamp_min(1e-6 * float(stats.mean_abs.max().clamp_min(1e-12)))
+        scale = scale ** ASVD_ALPHA
+        return InputScaling(torch.diag(scale), torch.diag(1.0 / scale), "diagonal")
+    if init != "whitened":
+        raise PelaBenchError(f"unknown low-rank init {init!r}; choose one of {', '.join(INITS)}")
+    moment = stats.second_moment.double()
+    eye = torch.eye(moment.shape[0], dtype=moment.dtype)
+    damped = moment + damping * float(moment.diagonal().mean().clamp_min(1e-12)) * eye
+    chol, info = torch.linalg.cholesky_ex(damped)
+    if int(info) == 0:
+        return InputScaling(chol, torch.linalg.solve_triangular(chol, eye, upper=False), "cholesky")
+    # Not positive definite even damped (damping 0 and a rank-deficient moment): the eigen-decomposition's
+    # square root, with the eigenvalues at the floor that keeps S^-1 finite.
+    evals, evecs = torch.linalg.eigh(damped)
+    floor = max(float(evals.max()) * 1e-10, 1e-12)
+    root = evals.clamp_min(floor).sqrt()
+    return InputScaling(evecs * root[None, :], (evecs / root[None, :]).T, "eigh")
 
 
 def matches_any(name: str, patterns: Iterable[str]) -> bool:
@@ -135,21 +196,35 @@ def eligible_linears(model: nn.Module, omit: Iterable[str]) -> list[tuple[str, n
 
 
 def factorize(model: nn.Module, ratio: float | None = None, omit: Iterable[str] | None = None,
-              solver: SvdSolver = "gram") -> nn.Module:
+              solver: SvdSolver = "gram", *, init: str = "svd", calibration: "Calibration | None" = None,
+              ranks: dict[str, int | None] | None = None, damping: float = 0.01) -> nn.Module:
     """Replace every eligible `nn.Linear` of `model` by a `LowRankLinear`, in place.
 
     With neither `ratio` nor `omit`, a `Backbone`'s paper preset is used
     (``info.paper_ratio`` and ``info.lowrank_omit``). Layers whose factorised form
-    would not be smaller than the dense one are left dense. Returns `model`.
+    would not be smaller than the dense one are left dense. `ranks` (from
+    `methods.rank_alloc`) replaces the uniform ratio: a rank per layer name, None to
+    keep a layer dense. A data-aware `init` needs `calibration`. Returns `model`.
     """
-    ratio, omit = _preset(model, ratio, omit)
-    for name, linear in eligible_linears(model, omit):
-        rank = lowrank_rank(linear.in_features, linear.out_features, ratio)
-        if rank * (linear.in_features + linear.out_features) >= linear.in_features * linear.out_features:
+    if init not in INITS:
+        raise PelaBenchError(f"unknown low-rank init {init!r}; choose one of {', '.join(INITS)}")
+    if init != "svd" and calibration is None:
+        raise PelaBenchError(f"low-rank init {init!r} needs calibration statistics of the layers' inputs")
+    if ranks is None:
+        ratio, omit = _preset(model, ratio, omit)
+        ranks = {name: lowrank_rank(linear.in_features, linear.out_features, ratio)
+                 for name, linear in eligible_linears(model, omit)}
+    modules = dict(model.named_modules())
+    for name, rank in ranks.items():
+        linear = modules.get(name)
+        if type(linear) is not nn.Linear:
+            raise PelaBenchError(f"factorize: {name!r} is not a dense linear layer of {type(model).__name__}")
+        if rank is None or rank * (linear.in_features + linear.out_features) >= linear.in_features * linear.out_features:
             continue
+        scaling = input_scaling(init, calibration.get(name), damping) if calibration is not None else None
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LowRankLinear.from_linear(linear, rank, solver))
+        setattr(parent, child, LowRankLinear.from_linear(linear, rank, solver, scaling))
     return model
 
 

@@ -118,7 +118,7 @@ class MaskAlign(Method):
             raise PelaBenchError(f"maskalign does not apply to {info.name}: attentive masking reads the "
                                  "teacher's attention, and the backbone declares none")
 
-    def build_student(self, teacher: nn.Module) -> nn.Module:
+    def build_student(self, teacher: nn.Module, calibration: Any = None) -> nn.Module:
         self.check_backbone(teacher.info)
         student = halve_depth(teacher)
         stages = student.block_stages()

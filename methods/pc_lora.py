@@ -15,6 +15,8 @@ end at the same parameter budget; `pc_lora_aggressive` is PC-LoRA's own setting
 
 from __future__ import annotations
 
+from typing import Any
+
 import math
 from dataclasses import dataclass
 
@@ -112,7 +114,7 @@ def pc_lora_layers(model: nn.Module) -> dict[str, PCLoRALinear]:
 class PCLoRA(Method):
     options_cls = PCLoRAOptions
 
-    def build_student(self, teacher: nn.Module) -> nn.Module:
+    def build_student(self, teacher: nn.Module, calibration: Any = None) -> nn.Module:
         opts: PCLoRAOptions = self.options
         ratio, omit = _preset(teacher, opts.ratio, opts.keep_full_rank)
         student = frozen_copy(teacher)

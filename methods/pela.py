@@ -29,14 +29,15 @@ from torch import nn
 
 from common.errors import PelaBenchError
 from common.objective import Batch, Objective
-from methods.base import Method, MethodOptions, frozen_copy, pinned_options, register_method
-from methods.lowrank import factorize, lowrank_modules
+from methods.base import Method, frozen_copy, pinned_options, register_method
+from methods.factorized import FactorizeOptions, build_factorized
+from methods.lowrank import lowrank_modules
 from methods.pela_recipes import (DEFAULT_RECIPE, RWP_FORMS, RWP_REDUCTIONS, PelaSettings, check_fd_targets,
                                   check_recipe, recipe_settings)
 
 
 @dataclass
-class PelaOptions(MethodOptions):
+class PelaOptions(FactorizeOptions):
     # Which recipe's settings apply (`methods.pela_recipes`); each option below left at None takes
     # the recipe's value for the backbone's family.
     recipe: str = DEFAULT_RECIPE
@@ -164,12 +165,12 @@ class Pela(Method):
     def resolved(self, info: Any) -> dict[str, Any]:
         return self.settings(info).as_dict()
 
-    def build_student(self, teacher: nn.Module) -> nn.Module:
+    def build_student(self, teacher: nn.Module, calibration: Any = None) -> nn.Module:
         settings = self.settings(teacher.info)
         if settings.alpha > 0 and settings.fd_targets == "pooled":
             with teacher.capture_pooled():  # refuses a backbone without a pooled feature, before any work
                 pass
-        return factorize(frozen_copy(teacher), ratio=self.options.ratio, omit=self.options.keep_full_rank)
+        return build_factorized(frozen_copy(teacher), self.options, calibration)
 
     def table_fields(self, info: Any = None) -> dict[str, bool]:
         s = self.settings(info)

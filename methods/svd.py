@@ -7,10 +7,12 @@ modules switched off, so it reuses PELA's class rather than a second trainer pat
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
-from methods.base import Method, MethodOptions, frozen_copy, register_method
-from methods.lowrank import factorize
+from methods.base import Method, frozen_copy, register_method
+from methods.factorized import FactorizeOptions, build_factorized
 from methods.pela import Pela
 from methods.pela_recipes import DEFAULT_RECIPE
 
@@ -21,7 +23,7 @@ register_method("svd_ft", alpha=0.0, beta=0.0, recipe=DEFAULT_RECIPE)(Pela)
 @register_method("svd")
 class Svd(Method):
     trains = False
-    options_cls = MethodOptions
+    options_cls = FactorizeOptions
 
-    def build_student(self, teacher: nn.Module) -> nn.Module:
-        return factorize(frozen_copy(teacher), ratio=self.options.ratio, omit=self.options.keep_full_rank)
+    def build_student(self, teacher: nn.Module, calibration: Any = None) -> nn.Module:
+        return build_factorized(frozen_copy(teacher), self.options, calibration)

@@ -16,6 +16,8 @@ objectives at one parameter budget.
 
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import dataclass
 
 import torch
@@ -88,7 +90,7 @@ class TinyBert(Method):
             raise PelaBenchError(f"tinybert does not apply to {info.name}: it distils attention scores, and the "
                                  "backbone declares no readable attention")
 
-    def build_student(self, teacher: nn.Module) -> nn.Module:
+    def build_student(self, teacher: nn.Module, calibration: Any = None) -> nn.Module:
         return halve_depth(teacher)
 
     def on_step(self, student: nn.Module, progress: float) -> None:

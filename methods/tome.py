@@ -19,7 +19,7 @@ the patch grid for dense heads.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -280,7 +280,7 @@ class ToMe(Method):
                 "(the paper leaves Swin out too)"
             )
 
-    def build_student(self, teacher: nn.Module) -> nn.Module:
+    def build_student(self, teacher: nn.Module, calibration: Any = None) -> nn.Module:
         self.check_backbone(teacher.info)
         student = frozen_copy(teacher)
         encoder = student.token_encoder()

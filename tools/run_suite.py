@@ -71,6 +71,13 @@ def _pairs(pairs: list[str], flag: str, parse_json: bool) -> dict:
     return out
 
 
+def _json_or_word(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # a bare word is a string
+
+
 def default_methods(tasks: tuple[str, ...], every: tuple[str, ...]) -> tuple[str, ...]:
     """Every method, unless every task names its paper table's methods: then the union of those."""
     from tasks import create_task
@@ -126,6 +133,10 @@ def parse(argv: list[str] | None = None) -> Parsed:
     p.add_argument("--ratio", type=_ratio_list, default=(), metavar="R,R,...",
                    help="compression ratio, or several for a sweep (Fig. 4: 1.5,2,3,5,10), each a student of every "
                         "factorising method (default: the backbone's paper preset)")
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a method option at several values, each a student of every method that takes it, crossed "
+                        "with --ratio, --recipe and the other sweeps (e.g. --sweep init=svd,whitened "
+                        "--sweep params=0.9,0.5: the starting-point table)")
     p.add_argument("--recipe", type=_csv, default=(), metavar="NAME,...",
                    help="PELA's recipe: official (the official code's settings per backbone family; the default) "
                         "or paper (the text's), or both for a row of each (results/paper/recipes.md)")
@@ -204,6 +215,8 @@ def parse(argv: list[str] | None = None) -> Parsed:
         print("tasks:    ", ", ".join(list_tasks()))
         raise SystemExit(0)
     options = _pairs(a.options, "--set", parse_json=True)
+    sweeps = {k: tuple(_json_or_word(v) for v in _csv(text))
+              for k, text in _pairs(a.sweep, "--sweep", parse_json=False).items()}
     data = _pairs(a.data, "--data", parse_json=False)
     for flag, task in DATA_ALIASES.items():
         value = getattr(a, flag)
@@ -230,8 +243,8 @@ def parse(argv: list[str] | None = None) -> Parsed:
             method_names = tuple(m for m in method_names if method_class(m).takes_ratio)
             log.info("factorisation set: running %s", ", ".join(method_names))
     cfg = SuiteConfig(
-        backbone=a.backbone, methods=method_names, tasks=a.tasks, ratios=a.ratio, recipes=tuple(a.recipe), data=data,
-        scale_batch=a.scale_batch, teacher_weights=a.teacher_weights, out=a.out, results=a.results,
+        backbone=a.backbone, methods=method_names, tasks=a.tasks, ratios=a.ratio, recipes=tuple(a.recipe),
+        sweeps=sweeps, data=data, scale_batch=a.scale_batch, teacher_weights=a.teacher_weights, out=a.out, results=a.results,
         seeds=a.seeds or ((a.seed,) if a.seed is not None else d.seeds), teacher_seed=a.teacher_seed,
         budget=a.budget, device=a.device, method_options=options, checkpoint_minutes=a.checkpoint_minutes,
         checkpoint_steps=a.checkpoint_steps, check_data=a.check_data, global_batch=a.global_batch,

@@ -411,3 +411,33 @@ def test_cpu_sized_backbones_take_the_tasks_small_schedules(tmp_path):
     assert micro.small and not base.small
     assert micro.schedule(micro.tasks["seg"]) is SEG_SMALL_SCHEDULES["smoke"]
     assert base.schedule(base.tasks["seg"]) is SEG_SCHEDULES["smoke"]
+
+
+def test_a_sweep_of_starts_shares_one_calibration_stage_and_keeps_each_point_as_a_row(cfg, monkeypatch):
+    import methods.calibration as calib_mod
+
+    collected = []
+    real = calib_mod.collect_calibration
+    monkeypatch.setattr(runner_mod, "collect_calibration", lambda *a, **k: collected.append(1) or real(*a, **k))
+    cfg = cfg.with_(methods=("svd", "pela"), sweeps={"init": ("svd", "whitened"), "params": (0.5,)},
+                    method_options={"alloc": "budget", "calib_batches": 1})
+    runner = SuiteRunner(cfg, budget=TINY, progress=False)
+    assert [j.label for j in runner.jobs()] == [
+        "svd init=svd params=0.5 seed 0", "svd init=whitened params=0.5 seed 0",
+        "pela init=svd params=0.5 seed 0", "pela init=whitened params=0.5 seed 0"]
+    rows = runner.run()
+    assert [(r["method"], r["options"]) for r in rows] == [
+        ("svd", 'alloc="budget" calib_batches=1 params=0.5'),
+        ("svd", 'alloc="budget" calib_batches=1 init="whitened" params=0.5'),
+        ("pela", 'alloc="budget" calib_batches=1 params=0.5'),
+        ("pela", 'alloc="budget" calib_batches=1 init="whitened" params=0.5')]
+    assert collected == [1]  # one collection, read back by the second whitened student
+    stages = list((Path(cfg.out) / "calibration" / "deit_micro").glob("inputs-*/calibration.pt"))
+    assert len(stages) == 1
+    dense_m = count_params(create_backbone("deit_micro")) / 1e6
+    for r in rows:
+        assert r["ratio"] is None and r["efficiency"]["params_m"] <= 0.5 * dense_m + 1e-9
+    white, plain = rows[1], rows[0]
+    assert white["config"]["student_hash"] != plain["config"]["student_hash"]
+    SuiteRunner(cfg, budget=TINY, progress=False).run()  # everything reused: no second collection
+    assert collected == [1]
