@@ -276,17 +276,19 @@ class SuiteRunner:
 
     def calibration(self, batches: int, teacher: Backbone, teacher_hash: str) -> Calibration:
         """The teacher's layer-input statistics over `batches` pre-training batches: one stage per
-        (teacher, data, batches), shared by every method and option that asks for them."""
+        (teacher, data, batches, student seed), shared by every method and option that asks for them.
+        The batches are drawn with the student seed, so the spread over seeds includes which
+        images calibrated the start (an untrained student has no other source of it)."""
         task, sched = self.pretrain_task, self.pretrain_schedule()
         spec = {"teacher": teacher_hash, "data": self.data_id(task), "batches": batches,
-                "batch_size": sched.batch_size, "seed": self.cfg.teacher_seed}
+                "batch_size": sched.batch_size, "seed": self.seed}
         stage = self.cache.stage(f"calibration/{self.cfg.backbone.replace(':', '_')}", "inputs", spec)
 
         def collect(folder: Path) -> dict[str, Any]:
             start = time.time()
             loader = torch.utils.data.DataLoader(task.train_split(self.data(task)), batch_size=sched.batch_size,
                                                  shuffle=True, num_workers=self.workers,
-                                                 generator=torch.Generator().manual_seed(self.cfg.teacher_seed))
+                                                 generator=torch.Generator().manual_seed(self.seed))
             objective = task.objective()
             first = (b for _, b in zip(range(batches), loader))
             names = [n for n, _ in eligible_linears(teacher, ())]  # every linear: any keep_full_rank works

@@ -18,7 +18,7 @@ from torch import nn
 
 from common.errors import PelaBenchError
 from methods.base import MethodOptions
-from methods.lowrank import INITS, _preset, eligible_linears, factorize, input_scaling
+from methods.lowrank import INITS, SOLVERS, _preset, eligible_linears, factorize, input_scaling
 from methods.rank_alloc import (ALLOCS, LayerPlan, budget_ranks, fixed_params, singular_values, speed_ranks,
                                 uniform_for_target)
 
@@ -35,6 +35,7 @@ class FactorizeOptions(MethodOptions):
     calib_batches: int = 8  # training batches of calibration statistics (a data-aware init, FLOPs, speed)
     damping: float = 0.01  # whitening's relative diagonal damping
     speed_batch: int = 8  # images per forward at which alloc=speed times each layer
+    solver: str = "gram"  # the truncated SVD: "gram" (exact top-r), "exact" or "randomized" (`methods.lowrank`)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -56,6 +57,8 @@ class FactorizeOptions(MethodOptions):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise PelaBenchError(f"option {name}={value!r} must be >= 1")
+        if self.solver not in SOLVERS:
+            raise PelaBenchError(f"option solver={self.solver!r}: choose one of {', '.join(SOLVERS)}")
         if self.damping < 0:
             raise PelaBenchError(f"option damping={self.damping!r} must be >= 0")
 
@@ -91,8 +94,8 @@ def build_factorized(student: nn.Module, options: FactorizeOptions, calibration:
             from methods.rank_alloc import uniform_ranks
 
             ranks = uniform_ranks(_plans(student, omit, calibration), ratio, options.multiple())
-        return factorize(student, ratio=ratio, omit=omit, init=options.init, calibration=calibration,
-                         ranks=ranks, damping=options.damping)
+        return factorize(student, ratio=ratio, omit=omit, solver=options.solver, init=options.init,
+                         calibration=calibration, ranks=ranks, damping=options.damping)
     _, omit = _preset(student, 1.0, options.keep_full_rank)
     plans = _plans(student, omit, calibration)
     unit, target = ("params", options.params) if options.params is not None else ("flops", options.flops)
@@ -110,7 +113,8 @@ def build_factorized(student: nn.Module, options: FactorizeOptions, calibration:
                                       options.speed_batch, device)
             log.info("speed-aware ranks: %d layer(s) kept dense, measured slower factorised at batch %d on %s",
                      len(kept), options.speed_batch, device)
-    return factorize(student, init=options.init, calibration=calibration, ranks=ranks, damping=options.damping)
+    return factorize(student, solver=options.solver, init=options.init, calibration=calibration, ranks=ranks,
+                     damping=options.damping)
 
 
 def _plans(model: nn.Module, omit: Any, calibration: Any) -> list[LayerPlan]:

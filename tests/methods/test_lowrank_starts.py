@@ -204,3 +204,29 @@ def test_factorize_refuses_a_rank_for_a_layer_that_is_not_linear():
     vit = create_backbone("deit_micro")
     with pytest.raises(PelaBenchError, match="'model.norm' is not a dense linear"):
         factorize(vit, ranks={"model.norm": 4})
+
+
+@pytest.mark.parametrize("shape", [(96, 256), (256, 96)])
+def test_randomized_solver_is_close_to_the_exact_truncation_and_deterministic(shape):
+    from methods.lowrank import randomized_svd, truncated_svd
+
+    g = torch.Generator().manual_seed(0)
+    flat = torch.randn(*shape, generator=g) / shape[1] ** 0.5  # a random init: the hardest, flattest spectrum
+    u, _, vh = torch.linalg.svd(torch.randn(*shape, generator=g), full_matrices=False)
+    decaying = (u * torch.logspace(0, -3, min(shape))) @ vh  # a trained layer's decay
+    r = 24
+    for w, tolerance in ((flat, 0.10), (decaying, 0.01)):
+        best = float(torch.linalg.svdvals(w.double())[r:].square().sum().sqrt())
+        p, s, qh = truncated_svd(w, r, "randomized")
+        err = float((w - (p * s) @ qh).double().norm())
+        assert best <= err * (1 + 1e-4) and err <= best * (1 + tolerance)
+        again = randomized_svd(w, r)
+        assert torch.equal(again[0], p) and torch.equal(again[2], qh)
+    lin = nn.Linear(shape[1], shape[0])
+    fast = LowRankLinear.from_linear(lin, r, "randomized")
+    exact = LowRankLinear.from_linear(lin, r, "exact")
+    with torch.no_grad():
+        gap = (lin.weight - fast.recovered_weight()).norm() / (lin.weight - exact.recovered_weight()).norm()
+    assert 1 - 1e-4 <= float(gap) <= 1.10
+    with pytest.raises(PelaBenchError, match="solver='qr'"):
+        create_method("svd", solver="qr")
