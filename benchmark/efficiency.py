@@ -25,6 +25,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common.errors import PelaBenchError
 from common.params import count_params
+from common.timing import sync as _sync
+from common.timing import time_calls
 
 Shape = tuple[int, ...]
 # A model's example inputs: a shape (one random image batch, passed positionally) or the
@@ -93,11 +95,6 @@ def count_flops(model: nn.Module, input_shape: Inputs = (1, 3, 224, 224), *, on_
     return {"flops": flops, "macs": flops // 2}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _fixed_input(input_shape: Shape, device: torch.device) -> torch.Tensor:
     """The same random batch in every call, so data-dependent models (token merging) are comparable."""
     return torch.randn(input_shape, generator=torch.Generator().manual_seed(0)).to(device)
@@ -124,20 +121,11 @@ def measure_latency(model: nn.Module, input_shape: Inputs, *, repeats: int = 20,
     was_training = model.training
     model.eval()
     x = _materialise(input_shape, device)
-    times = []
     try:
-        with torch.inference_mode():
-            for i in range(warmup + repeats):
-                _sync(device)
-                start = time.perf_counter()
-                _call(model, x)
-                _sync(device)
-                if i >= warmup:
-                    times.append((time.perf_counter() - start) * 1000)
+        times = time_calls(lambda: _call(model, x), repeats=repeats, warmup=warmup, device=device)
     finally:
         torch.set_num_threads(previous)
         model.train(was_training)
-    times.sort()
     median = statistics.median(times)
     p90 = times[min(len(times) - 1, round(0.9 * (len(times) - 1)))]
     batch = _batch_of(input_shape)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import heapq
 import math
-import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -27,6 +26,7 @@ from torch import nn
 
 from common.errors import PelaBenchError
 from common.params import count_params
+from common.timing import time_calls
 
 ALLOCS = ("uniform", "budget", "speed")
 
@@ -187,24 +187,15 @@ def budget_ranks(plans: list[LayerPlan], spectra: dict[str, torch.Tensor], targe
 
 def time_layer(d_in: int, d_out: int, rank: int | None, rows: int, device: str | torch.device = "cpu",
                repeats: int = 20, warmup: int = 3) -> float:
-    """Median seconds of one forward of a dense (rank None) or factorised d_in -> d_out layer on `rows` rows."""
+    """Median ms of one forward of a dense (rank None) or factorised d_in -> d_out layer on `rows` rows."""
     from methods.lowrank import LowRankLinear
 
     gen = torch.Generator().manual_seed(0)
     layer = nn.Linear(d_in, d_out) if rank is None else LowRankLinear(d_in, d_out, rank)
     layer = layer.to(device).eval()
     x = torch.randn(rows, d_in, generator=gen).to(device)
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-    times = []
-    with torch.no_grad():
-        for i in range(warmup + repeats):
-            sync()
-            start = time.perf_counter()
-            layer(x)
-            sync()
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    times = time_calls(lambda: layer(x), repeats=repeats, warmup=warmup, device=device)
+    return times[len(times) // 2]
 
 
 def slower_factorised(plans: list[LayerPlan], ranks: dict[str, int | None], batch: int,
