@@ -11,6 +11,7 @@ from benchmark.tables import write_leaderboard
 from reports.figures import write_figures
 from reports.paper_tables import write_tables
 from reports.recipes import write_recipes
+from reports.starting_points import write_starting_points
 
 
 def publish(rows: list[dict[str, Any]], results_dir: str | Path, latex: bool = False) -> list[Path]:
@@ -19,4 +20,5 @@ def publish(rows: list[dict[str, Any]], results_dir: str | Path, latex: bool = F
     written += write_tables(rows, results_dir, latex=latex)
     written += write_figures(rows, results_dir)
     written += write_recipes(results_dir)
+    written += write_starting_points(rows, results_dir)
     return written
