@@ -9,6 +9,7 @@ promise (small rows, odd ranks, launch overhead) shows up as a number.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -61,7 +62,7 @@ def layer_shapes(model: nn.Module, tokens: dict[str, float]) -> list[dict[str, A
 
 
 def layer_rows(shapes: list[dict[str, Any]], batches: list[int], threads: list[int], device: str,
-               repeats: int) -> list[dict[str, Any]]:
+               repeats: int, dtype: torch.dtype = torch.float32) -> list[dict[str, Any]]:
     """Dense and factorised latency of each layer shape at each batch (rows = batch x tokens) and thread count."""
     out = []
     previous = torch.get_num_threads()
@@ -71,8 +72,9 @@ def layer_rows(shapes: list[dict[str, Any]], batches: list[int], threads: list[i
             for shape in shapes:
                 for batch in batches:
                     rows = max(1, round(batch * shape["tokens"]))
-                    dense = time_layer(shape["d_in"], shape["d_out"], None, rows, device, repeats)
-                    fact = time_layer(shape["d_in"], shape["d_out"], shape["rank"], rows, device, repeats)
+                    dense = time_layer(shape["d_in"], shape["d_out"], None, rows, device, repeats, dtype=dtype)
+                    fact = time_layer(shape["d_in"], shape["d_out"], shape["rank"], rows, device, repeats,
+                                      dtype=dtype)
                     ideal = shape["d_in"] * shape["d_out"] / (shape["rank"] * (shape["d_in"] + shape["d_out"]))
                     out.append({**shape, "batch": batch, "rows": rows, "threads": n_threads, "dense_ms": dense,
                                 "factorised_ms": fact, "speedup": dense / fact, "ideal": ideal,
@@ -84,28 +86,37 @@ def layer_rows(shapes: list[dict[str, Any]], batches: list[int], threads: list[i
 
 def model_rows(dense: nn.Module, students: dict[str, nn.Module], input_shape: Callable[[int], tuple[int, ...]],
                batches: list[int], threads: list[int], device: str, repeats: int,
-               progress: Callable[[str], None] = lambda s: None) -> list[dict[str, Any]]:
+               progress: Callable[[str], None] = lambda s: None,
+               autocast: torch.dtype | None = None) -> list[dict[str, Any]]:
     """Whole-model latency, dense and each student, at each batch and thread count, against the FLOPs ideal.
 
-    The dense model is timed before and after each student and the two medians averaged: on a
-    shared machine the speed of the cores drifts over minutes, and a dense time taken once at the
-    start would bias every ratio after it.
+    The dense model is timed before and after the students of each batch and thread count and the two
+    medians averaged (their difference, `dense_drift`, shows how much the machine's speed moved): on a
+    shared machine the speed of the cores drifts over minutes. `autocast`: time under `torch.autocast` to that dtype
+    (bfloat16 on a GPU); FLOPs are counted without it.
     """
+    def latency(model: nn.Module, shape: tuple[int, ...], n_threads: int) -> dict[str, Any]:
+        ctx = torch.autocast(torch.device(device).type, dtype=autocast) if autocast else contextlib.nullcontext()
+        with ctx:
+            return measure_latency(model, shape, repeats=repeats, warmup=1, threads=n_threads, device=device)
+
     out = []
     for n_threads in threads:
         for batch in batches:
             shape = input_shape(batch)
             dense_flops = count_flops(dense, shape)["flops"]
+            progress(f"dense batch {batch} threads {n_threads}")
+            before = latency(dense, shape, n_threads)["median_ms"]
+            timed = {}
             for label, student in students.items():
                 progress(f"{label} batch {batch} threads {n_threads}")
-                before = measure_latency(dense, shape, repeats=repeats, warmup=1, threads=n_threads, device=device)
-                fact = measure_latency(student, shape, repeats=repeats, warmup=1, threads=n_threads, device=device)
-                after = measure_latency(dense, shape, repeats=repeats, warmup=1, threads=n_threads, device=device)
-                dense_ms = (before["median_ms"] + after["median_ms"]) / 2
+                timed[label] = latency(student, shape, n_threads)["median_ms"]
+            after = latency(dense, shape, n_threads)["median_ms"]
+            dense_ms = (before + after) / 2
+            for label, student in students.items():
                 ideal = dense_flops / count_flops(student, shape)["flops"]
-                speedup = dense_ms / fact["median_ms"]
+                speedup = dense_ms / timed[label]
                 out.append({"variant": label, "batch": batch, "threads": n_threads, "dense_ms": dense_ms,
-                            "dense_drift": abs(before["median_ms"] - after["median_ms"]) / dense_ms,
-                            "factorised_ms": fact["median_ms"], "speedup": speedup, "ideal": ideal,
-                            "of_ideal": speedup / ideal})
+                            "dense_drift": abs(before - after) / dense_ms, "factorised_ms": timed[label],
+                            "speedup": speedup, "ideal": ideal, "of_ideal": speedup / ideal})
     return out

@@ -108,11 +108,11 @@ def build_factorized(student: nn.Module, options: FactorizeOptions, calibration:
         if options.alloc == "budget":
             ranks = budget_ranks(plans, spectra, target, unit, fixed, options.multiple())
         else:
-            device = next(student.parameters()).device
+            weight = next(student.parameters())
             ranks, kept = speed_ranks(plans, spectra, target, unit, fixed, options.multiple(),
-                                      options.speed_batch, device)
+                                      options.speed_batch, weight.device, dtype=weight.dtype)
             log.info("speed-aware ranks: %d layer(s) kept dense, measured slower factorised at batch %d on %s",
-                     len(kept), options.speed_batch, device)
+                     len(kept), options.speed_batch, weight.device)
     return factorize(student, solver=options.solver, init=options.init, calibration=calibration, ranks=ranks,
                      damping=options.damping)
 

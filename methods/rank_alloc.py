@@ -186,24 +186,25 @@ def budget_ranks(plans: list[LayerPlan], spectra: dict[str, torch.Tensor], targe
 
 
 def time_layer(d_in: int, d_out: int, rank: int | None, rows: int, device: str | torch.device = "cpu",
-               repeats: int = 20, warmup: int = 3) -> float:
+               repeats: int = 20, warmup: int = 3, dtype: torch.dtype = torch.float32) -> float:
     """Median ms of one forward of a dense (rank None) or factorised d_in -> d_out layer on `rows` rows."""
     from methods.lowrank import LowRankLinear
 
     gen = torch.Generator().manual_seed(0)
     layer = nn.Linear(d_in, d_out) if rank is None else LowRankLinear(d_in, d_out, rank)
-    layer = layer.to(device).eval()
-    x = torch.randn(rows, d_in, generator=gen).to(device)
+    layer = layer.to(device, dtype).eval()
+    x = torch.randn(rows, d_in, generator=gen).to(device, dtype)
     times = time_calls(lambda: layer(x), repeats=repeats, warmup=warmup, device=device)
     return times[len(times) // 2]
 
 
 def slower_factorised(plans: list[LayerPlan], ranks: dict[str, int | None], batch: int,
                       device: str | torch.device = "cpu",
-                      timer: Callable[[int, int, int | None, int], float] | None = None) -> set[str]:
-    """The layers whose factorised form is measured slower than dense at `batch` images on `device`
-    (each distinct shape timed once)."""
-    timer = timer or (lambda i, o, r, n: time_layer(i, o, r, n, device))
+                      timer: Callable[[int, int, int | None, int], float] | None = None,
+                      dtype: torch.dtype = torch.float32) -> set[str]:
+    """The layers whose factorised form is measured slower than dense at `batch` images on `device` in
+    `dtype` (each distinct shape timed once)."""
+    timer = timer or (lambda i, o, r, n: time_layer(i, o, r, n, device, dtype=dtype))
     verdict: dict[tuple[int, int, int, int], bool] = {}
     slow = set()
     for p in plans:
@@ -222,7 +223,7 @@ def slower_factorised(plans: list[LayerPlan], ranks: dict[str, int | None], batc
 def speed_ranks(plans: list[LayerPlan], spectra: dict[str, torch.Tensor], target: float, unit: str, fixed: int,
                 multiple: int, batch: int, device: str | torch.device = "cpu",
                 timer: Callable[[int, int, int | None, int], float] | None = None, rounds: int = 4,
-                ) -> tuple[dict[str, int | None], set[str]]:
+                dtype: torch.dtype = torch.float32) -> tuple[dict[str, int | None], set[str]]:
     """`budget_ranks`, then every layer measured slower factorised is kept dense and the budget is
     re-spent over the others, until no factorised layer is slower (or `rounds` run out: the layers
     still slow are then kept dense too, and the budget may be exceeded; the row's parameters say by
@@ -234,7 +235,7 @@ def speed_ranks(plans: list[LayerPlan], spectra: dict[str, torch.Tensor], target
             ranks = budget_ranks(plans, spectra, target, unit, fixed, multiple, dense)
         except PelaBenchError:
             break  # the layers kept dense already spend the budget: keep what was last found fast
-        slow = slower_factorised(plans, ranks, batch, device, timer)
+        slow = slower_factorised(plans, ranks, batch, device, timer, dtype)
         if not slow:
             return ranks, dense
         dense |= slow

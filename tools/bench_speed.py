@@ -72,7 +72,8 @@ def main() -> int:
     p.add_argument("--batches", default="1,8,64", help="with --vs-ideal: batch sizes (default: %(default)s)")
     p.add_argument("--thread-counts", default="1,2", help="with --vs-ideal on CPU: threads (default: %(default)s)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="with --vs-ideal: the models' dtype (bfloat16 pays on a GPU)")
+                   help="with --vs-ideal: bfloat16 times each layer in bfloat16 and the whole models under "
+                        "autocast (it pays on a GPU)")
     p.add_argument("--factorise", action="store_true", help="time each SVD solver on every layer instead")
     a = p.parse_args()
     if a.vs_ideal and a.factorise:
@@ -200,13 +201,14 @@ def vs_ideal(a: argparse.Namespace) -> int:
             start = time.perf_counter()
             student = method.build_student(teacher, calib if method.calibration_batches() else None).eval()
             build_s = time.perf_counter() - start
-            students[v.label] = student.to(a.device, dtype)
+            students[v.label] = student.to(a.device)
             print(f"{name:12s} {v.label}: built in {build_s:.1f} s", flush=True)
-            for row in layer_rows(layer_shapes(student, tokens), batches, threads, a.device, a.repeats):
+            for row in layer_rows(layer_shapes(student, tokens), batches, threads, a.device, a.repeats, dtype):
                 layers.append({"backbone": name, "variant": v.label, **row})
-        dense = teacher.to(a.device, dtype)
+        dense = teacher.to(a.device)
         for row in model_rows(dense, students, lambda b: (b, 3, size, size), batches, threads, a.device, a.repeats,
-                              progress=lambda s: print(f"{name:12s} timing {s}", flush=True)):
+                              progress=lambda s: print(f"{name:12s} timing {s}", flush=True),
+                              autocast=dtype if dtype != torch.float32 else None):
             models.append({"backbone": name, **row})
             print(f"{name:12s} {row['variant']:28s} batch {row['batch']:3d} threads {row['threads']}: "
                   f"x{row['speedup']:.2f} of ideal x{row['ideal']:.2f} = {row['of_ideal']:.0%}", flush=True)
@@ -223,7 +225,7 @@ def vs_ideal(a: argparse.Namespace) -> int:
         "# Factorised models against their FLOPs-ideal speed-up", "",
         f"`{cmd}` on {machine_name(a.device)}. ideal = dense FLOPs / factorised FLOPs (whole model: attention's "
         "matmuls included); speed-up = dense latency / factorised latency (medians; the dense model timed before "
-        "and after each student, `drift` their difference); `of ideal` = speed-up / ideal. Below 100 % the "
+        "and after the students, `drift` their difference); `of ideal` = speed-up / ideal. Below 100 % the "
         "factorised model gives up part of what its FLOPs promise; above it, the dense GEMM was the slower one. "
         "Random init; latency does not depend on the weights. The per-layer table (each shape at rows = batch x "
         "tokens) is `speed_vs_ideal_layers.csv`.", "",
