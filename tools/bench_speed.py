@@ -262,23 +262,27 @@ def factorise_speed(a: argparse.Namespace) -> int:
         teacher = create_backbone(name).eval().requires_grad_(False)
         ratio, omit = _preset(teacher, None, None)
         dense = dict(eligible_linears(teacher, omit))
-        best = None
-        for solver in ("exact", *[s for s in SOLVERS if s != "exact"]):
+        measured = {}
+        # The fast solvers first, each in a process that has factorised nothing yet for its first backbone:
+        # a factorisation after another one reuses the allocator's memory and runs up to a third faster.
+        for solver in [*[s for s in SOLVERS if s != "exact"], "exact"]:
             model = copy.deepcopy(teacher)
             start = time.perf_counter()
             factorize(model, solver=solver)
             seconds = time.perf_counter() - start
             errors = {n: float((dense[n].weight - m.recovered_weight()).double().norm())
                       for n, m in lowrank_modules(model).items()}
-            if best is None:
-                best = errors
+            measured[solver] = (seconds, errors)
+            del model
+        best = measured["exact"][1]
+        for solver in ("exact", *[s for s in SOLVERS if s != "exact"]):
+            seconds, errors = measured[solver]
             excess = [errors[n] / best[n] - 1 for n in errors]
             rows.append({"backbone": name, "solver": solver, "matrices": len(errors), "seconds": seconds,
                          "excess_mean": sum(excess) / len(excess), "excess_max": max(excess),
                          "threads": torch.get_num_threads()})
             print(f"{name:12s} {solver:10s} {len(errors)} matrices in {seconds:5.1f} s, error vs exact "
-                  f"+{rows[-1]['excess_mean']:.2%} mean, +{rows[-1]['excess_max']:.2%} max", flush=True)
-            del model
+                  f"{rows[-1]['excess_mean']:+.2%} mean, {rows[-1]['excess_max']:+.2%} max", flush=True)
     _write_csv(f"{a.out}/factorise_speed.csv", rows)
     lines = ["# Factorising a backbone: time and error by SVD solver", "",
              f"`python tools/bench_speed.py --factorise --backbones {a.backbones}` on {machine_name(a.device)}, "
@@ -288,8 +292,8 @@ def factorise_speed(a: argparse.Namespace) -> int:
              "case; on trained weights its excess is smaller (`tests/methods/test_lowrank_starts.py`).", "",
              *_table([("backbone", "backbone", "{}"), ("solver", "solver", "`{}`"), ("matrices", "matrices", "{}"),
                       ("threads", "threads", "{}"), ("seconds", "seconds", "{:.1f}"),
-                      ("excess_mean", "error vs exact (mean)", "+{:.2%}"),
-                      ("excess_max", "error vs exact (worst)", "+{:.2%}")], rows)]
+                      ("excess_mean", "error vs exact (mean)", "{:+.2%}"),
+                      ("excess_max", "error vs exact (worst)", "{:+.2%}")], rows)]
     atomic_write_text(f"{a.out}/factorise_speed.md", "\n".join(lines) + "\n")
     return 0
 
