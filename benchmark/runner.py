@@ -269,10 +269,18 @@ class SuiteRunner:
 
     def student_stage(self, method: Method, teacher_hash: str) -> Stage:
         settings = method.resolved(self.info)
+        batches = method.calibration_batches()
+        # A data-aware start depends on its calibration batches even where nothing trains (plain SVD).
+        calibration = {"calibration": self.calibration_stage(batches, teacher_hash).hash} if batches else {}
         spec = {"teacher": teacher_hash, **method.describe(), **({"settings": settings} if settings else {}),
                 "schedule": self.pretrain_schedule() if method.trains else None,
-                "seed": self.seed}
+                "seed": self.seed, **calibration}
         return self.cache.stage(f"students/{self.cfg.backbone.replace(':', '_')}", method.name, spec)
+
+    def calibration_stage(self, batches: int, teacher_hash: str) -> Stage:
+        spec = {"teacher": teacher_hash, "data": self.data_id(self.pretrain_task), "batches": batches,
+                "batch_size": self.pretrain_schedule().batch_size, "seed": self.seed}
+        return self.cache.stage(f"calibration/{self.cfg.backbone.replace(':', '_')}", "inputs", spec)
 
     def calibration(self, batches: int, teacher: Backbone, teacher_hash: str) -> Calibration:
         """The teacher's layer-input statistics over `batches` pre-training batches: one stage per
@@ -280,9 +288,7 @@ class SuiteRunner:
         The batches are drawn with the student seed, so the spread over seeds includes which
         images calibrated the start (an untrained student has no other source of it)."""
         task, sched = self.pretrain_task, self.pretrain_schedule()
-        spec = {"teacher": teacher_hash, "data": self.data_id(task), "batches": batches,
-                "batch_size": sched.batch_size, "seed": self.seed}
-        stage = self.cache.stage(f"calibration/{self.cfg.backbone.replace(':', '_')}", "inputs", spec)
+        stage = self.calibration_stage(batches, teacher_hash)
 
         def collect(folder: Path) -> dict[str, Any]:
             start = time.time()

@@ -441,3 +441,12 @@ def test_a_sweep_of_starts_shares_one_calibration_stage_and_keeps_each_point_as_
     assert white["config"]["student_hash"] != plain["config"]["student_hash"]
     SuiteRunner(cfg, budget=TINY, progress=False).run()  # everything reused: no second collection
     assert collected == [1]
+    # The untrained whitened student's stage follows its calibration batches, though it trains nothing.
+    from methods import create_method
+
+    whitened = create_method("svd", init="whitened", alloc="budget", params=0.5, calib_batches=1)
+    same = SuiteRunner(cfg, budget=TINY, progress=False)
+    other = SuiteRunner(cfg.with_(global_batch=8), budget=TINY, progress=False)
+    assert same.student_stage(whitened, "t").hash != other.student_stage(whitened, "t").hash
+    plain = create_method("svd", params=0.5)  # data-free: no calibration in its stage
+    assert same.student_stage(plain, "t").hash == other.student_stage(plain, "t").hash
